@@ -1,0 +1,1 @@
+"""gpt-scratch workflows: data, one training loop, and one module per workflow."""
