@@ -1,0 +1,32 @@
+# `make demo`: set up, then pretrain the default tiny model on the embedded corpus (a few minutes on 2 CPU cores).
+# `make test`: set up, then run the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU build of PyTorch first (a plain `torch` would pull a multi-GB CUDA build), then the package.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	# The book's package is a test-only oracle; its metadata pulls TensorFlow, so no dependencies.
+	$(PY) -m pip install --quiet --no-deps llms-from-scratch
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/gpt-scratch pretrain --overwrite
+
+test: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,286 @@
+"""``gpt-scratch pretrain``: train a GPT-2-style base model from scratch.
+
+Steps: resolve the config (defaults <- YAML <- flags); get a tokenizer (given, or trained on the corpus and saved in
+the run folder); tokenise the corpus once into cached token shards; cut fixed train/val/test splits by seed; build a
+model from a preset; run the shared training loop; write the run folder (model, tokenizer, metrics, plots, card).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import config as config_schema
+from .errors import UserError
+from .train_loop import TrainConfig, Trainer, latest_checkpoint, plot_history
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny-cpu.yaml"
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Everything a pretraining run needs: the loop's settings plus data, tokenizer and model."""
+
+    data: str | None = field(default=None, metadata={"help": "text file/folder, JSONL/CSV, or Hub dataset id"})
+    text_column: str = field(default="text", metadata={"help": "column holding the text in JSONL/CSV/Hub data"})
+    max_documents: int = field(default=0, metadata={"help": "read at most N documents (useful for Hub streams)"})
+    out: str = field(default="runs/pretrain", metadata={"help": "run folder (a loadable model folder at the end)"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder or Hub id; none: train one"})
+    vocab_size: int = field(default=4096, metadata={"help": "vocabulary of a tokenizer trained for this run"})
+    cache_dir: str | None = field(default=None, metadata={"help": "token-shard cache (default: <out>/cache)"})
+    preset: str = field(default="tiny", metadata={"help": "model preset: tiny, gpt2-small, gpt2-small-untied, ..."})
+    hidden_size: int = field(default=0, metadata={"help": "override the preset (0: keep)"})
+    num_hidden_layers: int = field(default=0, metadata={"help": "override the preset (0: keep)"})
+    num_attention_heads: int = field(default=0, metadata={"help": "override the preset (0: keep)"})
+    context_length: int = field(default=0, metadata={"help": "context / max_position_embeddings (0: keep)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on embeddings, attention and residuals"})
+    qkv_bias: bool = field(default=False, metadata={"help": "biases on the query/key/value projections"})
+    tie_word_embeddings: bool = field(default=False, metadata={"help": "share input embedding and output head"})
+    layout: str = field(
+        default="joined",
+        metadata={"choices": ["joined", "cropped"], "help": "joined: documents concatenated with EOS; cropped: one"
+                  " document per example, cropped to the context"},
+    )
+    stride: int = field(default=0, metadata={"help": "sliding-window stride in tokens (0: the context length)"})
+    val_fraction: float = field(default=0.05, metadata={"help": "share of tokens held out for validation"})
+    test_fraction: float = field(default=0.05, metadata={"help": "share of tokens held out for the final test"})
+    sample_prompt: str = field(default="", metadata={"help": "prompt for the text samples at each evaluation"})
+    sample_tokens: int = field(default=48, metadata={"help": "tokens per sample"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --out"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])})")
+    config_schema.add_schema_arguments(parser, PretrainConfig, "pretraining settings (each is also a YAML key)")
+
+
+def resolve_config(args) -> PretrainConfig:
+    path = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None)
+    return config_schema.resolve(PretrainConfig, args, path)
+
+
+def build_model_config(cfg: PretrainConfig, tokenizer):
+    from modeling_gpt_scratch import PRESETS, GPTScratchConfig
+
+    if cfg.preset not in PRESETS:
+        raise UserError(f"unknown preset '{cfg.preset}': choose one of {', '.join(PRESETS)}")
+    overrides = {
+        key: value
+        for key, value in dict(
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+            max_position_embeddings=cfg.context_length,
+        ).items()
+        if value
+    }
+    try:
+        return GPTScratchConfig.from_preset(
+            cfg.preset,
+            **overrides,
+            vocab_size=len(tokenizer),
+            hidden_dropout=cfg.dropout,
+            attention_dropout=cfg.dropout,
+            qkv_bias=cfg.qkv_bias,
+            tie_word_embeddings=cfg.tie_word_embeddings,
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def get_tokenizer(cfg: PretrainConfig, out: Path, accelerator):
+    """The run's tokenizer: ``--tokenizer``, else the one saved in the run folder, else one trained now."""
+    from modeling_gpt_scratch.tokenization import load_tokenizer, train_bpe_tokenizer
+
+    from .data import iter_documents
+
+    if cfg.tokenizer:
+        return load_tokenizer(cfg.tokenizer)
+    saved = out / "tokenizer"
+    if not (saved / "tokenizer.json").is_file():
+        if accelerator.is_main_process:
+            docs = iter_documents(cfg.data, text_column=cfg.text_column)
+            if cfg.max_documents:
+                docs = (d for i, d in zip(range(cfg.max_documents), docs))
+            accelerator.print(f"training a byte-level BPE tokenizer (vocab {cfg.vocab_size}) on the corpus")
+            train_bpe_tokenizer(docs, cfg.vocab_size, out_dir=saved)
+        accelerator.wait_for_everyone()
+    return load_tokenizer(str(saved))
+
+
+def lm_loss(model, batch):
+    """Mean next-token cross-entropy; labels are already the next tokens (-100 where ignored)."""
+    input_ids, labels = batch
+    logits = model(input_ids=input_ids, use_cache=False).logits
+    loss = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+    )
+    return loss, int((labels != -100).sum())
+
+
+def stack_collate(items):
+    inputs, labels = zip(*items)
+    return torch.stack(inputs), torch.stack(labels)
+
+
+def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, seed: int) -> str:
+    """A sampled continuation that leaves the global RNG untouched (so resumed runs stay bit-identical)."""
+    model = getattr(model, "module", model)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = tokenizer(prompt or tokenizer.eos_token, return_tensors="pt").input_ids.to(device)
+    room = model.config.max_position_embeddings - ids.shape[1]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        torch.manual_seed(seed)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max(1, min(max_new_tokens, room)),
+            do_sample=True,
+            top_k=50,
+            temperature=0.8,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    if was_training:
+        model.train()
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def build_datasets(cfg: PretrainConfig, tokenizer, out: Path, context: int):
+    from . import data
+
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+    shard_dir = data.get_or_build_token_shards(
+        cfg.data, tokenizer, cache_root, text_column=cfg.text_column, max_documents=cfg.max_documents
+    )
+    tokens = data.load_tokens(shard_dir)
+    splits = data.split_tokens(
+        tokens,
+        fractions=(1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction),
+        block=context + 1,
+        seed=cfg.seed,
+    )
+    stride = cfg.stride or context
+    if cfg.layout == "cropped":
+        meta = data.load_meta(shard_dir)
+        make = lambda part: data.CroppedDocumentDataset(  # noqa: E731
+            part, data.document_starts(part, tokenizer.eos_token_id), context, tokenizer.pad_token_id
+        )
+        del meta
+    else:
+        make = lambda part: data.SlidingWindowDataset(part, context, stride if part is splits["train"] else context)  # noqa: E731
+    return {name: make(part) for name, part in splits.items()}, len(tokens)
+
+
+def run(args) -> int:
+    cfg = resolve_config(args)
+    return pretrain(cfg)
+
+
+def pretrain(cfg: PretrainConfig) -> int:
+    from accelerate.utils import set_seed
+
+    from modeling_gpt_scratch import GPTScratchForCausalLM
+
+    from .runfolder import prepare_out_dir, save_run_config, write_model_folder
+    from .train_loop import make_accelerator
+
+    if cfg.val_fraction <= 0 or cfg.test_fraction < 0 or cfg.val_fraction + cfg.test_fraction >= 1:
+        raise UserError("val_fraction must be > 0, test_fraction >= 0, and together below 1")
+    out = Path(cfg.out)
+    accelerator = make_accelerator(cfg, out)
+    if accelerator.is_main_process:
+        prepare_out_dir(out, cfg.resume, cfg.overwrite)
+    accelerator.wait_for_everyone()
+    resume_from = latest_checkpoint(out) if cfg.resume else None
+    set_seed(cfg.seed)
+
+    tokenizer = get_tokenizer(cfg, out, accelerator)
+    model_config = build_model_config(cfg, tokenizer)
+    context = model_config.max_position_embeddings
+    if accelerator.is_main_process:
+        datasets, n_tokens = build_datasets(cfg, tokenizer, out, context)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        datasets, n_tokens = build_datasets(cfg, tokenizer, out, context)  # cache hit: built by rank 0
+    run_config = {**dataclasses.asdict(cfg), "model": model_config.to_diff_dict(), "corpus_tokens": n_tokens}
+    run_config["model"].pop("transformers_version", None)
+    if accelerator.is_main_process:
+        save_run_config(out, run_config)
+
+    set_seed(cfg.seed)
+    model = GPTScratchForCausalLM(model_config)
+    n_params = sum(p.numel() for p in model.parameters())
+    accelerator.print(
+        f"model: {cfg.preset} {n_params / 1e6:.2f}M parameters, context {context}; corpus {n_tokens:,} tokens "
+        f"(train {len(datasets['train']):,} / val {len(datasets['val']):,} / test {len(datasets['test']):,} windows)"
+    )
+    samples: list[dict] = []
+
+    def on_eval(trainer, record):
+        text = sample_text(trainer.model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, cfg.seed)
+        samples.append({"step": record["step"], "prompt": cfg.sample_prompt, "text": text})
+        trainer.log(f"sample @ step {record['step']}: {cfg.sample_prompt}{text!r}")
+
+    trainer = Trainer(
+        model,
+        cfg,
+        out,
+        datasets["train"],
+        datasets["val"],
+        collate_fn=stack_collate,
+        loss_fn=lm_loss,
+        tokens_per_example=context,
+        on_eval=on_eval,
+        accelerator=accelerator,
+        run_name="pretrain",
+    )
+    accelerator.print(
+        f"global batch: {cfg.batch_size} per device x {accelerator.num_processes} devices x "
+        f"{trainer.accum} accumulation = {trainer.global_batch} sequences ({trainer.global_batch * context:,} tokens)"
+        f"; {trainer.total_steps} steps"
+    )
+    result = trainer.fit(resume_from)
+    final = dict(result.final)
+    if len(datasets["test"]):
+        test = trainer.evaluate(datasets["test"])
+        final.update(test_loss=test["loss"], test_perplexity=test["perplexity"])
+    final["parameters"] = n_params
+    if accelerator.is_main_process:
+        accelerator.print(
+            f"done: val loss {final.get('initial_val_loss', math.nan):.4f} -> {final.get('val_loss', math.nan):.4f}, "
+            f"test loss {final.get('test_loss', math.nan):.4f} in {result.elapsed_s:.0f}s"
+        )
+        plot_history(result.history, out / "plots" / "loss.png", "pretraining loss")
+        from transformers import GenerationConfig
+
+        generation = GenerationConfig(
+            max_new_tokens=min(128, context // 2),
+            do_sample=True,
+            temperature=0.8,
+            top_k=50,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        write_model_folder(
+            out,
+            accelerator.unwrap_model(trainer.model),
+            tokenizer,
+            metrics={"final": final, "history": result.history},
+            run_config=run_config,
+            workflow="pretrain",
+            generation_config=generation,
+            samples=samples,
+        )
+        accelerator.print(f"run folder: {out} (load with AutoModelForCausalLM.from_pretrained)")
+    accelerator.wait_for_everyone()
+    return 0

@@ -1,0 +1,565 @@
+"""The one training loop behind pretraining and both fine-tunes.
+
+What it does, in order, for each optimizer step:
+
+1. take ``gradient_accumulation_steps`` micro-batches from a deterministic batch plan (the order depends only on the
+   seed and the step, so a resumed run sees exactly the batches an uninterrupted run would);
+2. forward under Accelerate's autocast, backward, with DDP gradient sync only on the last micro-batch;
+3. stop with a clear message on a NaN/inf loss, before the optimizer touches the weights;
+4. clip the global gradient norm, set the learning rate (linear warmup, then cosine decay or constant), AdamW step;
+5. every ``log_every`` steps: loss, tokens/s and MFU to the progress bar, the trackers and the history;
+6. every ``eval_every`` steps: validation loss and perplexity, plus the workflow's own metrics and samples;
+7. every ``checkpoint_every`` steps: ``accelerator.save_state`` into a temporary folder renamed into place, keeping
+   the newest ``keep_checkpoints``.
+
+The loop knows nothing about a workflow's data format: a workflow hands it datasets, a collate function and a
+``loss_fn(model, batch) -> (mean loss, number of tokens or examples)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import UserError
+from .fsutil import atomic_path, atomic_write_json
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the training loop, shared by every training workflow (each is a YAML key and a --flag)."""
+
+    seed: int = field(default=1337, metadata={"help": "seed for initialisation, data order and dropout"})
+    max_steps: int = field(default=200, metadata={"help": "optimizer steps (ignored when epochs > 0)"})
+    epochs: float = field(default=0.0, metadata={"help": "train for this many passes over the training set"})
+    batch_size: int = field(default=8, metadata={"help": "micro-batch size per device"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    global_batch_tokens: int = field(
+        default=0, metadata={"help": "tokens per optimizer step over all devices; >0 sets the accumulation"}
+    )
+    learning_rate: float = field(default=6e-4, metadata={"help": "peak learning rate"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine schedule ends at this fraction of the peak"})
+    lr_schedule: str = field(default="cosine", metadata={"choices": ["cosine", "constant"], "help": "after warmup"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warmup steps"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay, on matrices only"})
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm; 0 = off"})
+    mixed_precision: str = field(
+        default="auto", metadata={"choices": ["auto", "no", "bf16", "fp16"], "help": "auto: bf16 on a GPU that has it"}
+    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model (falls back if it fails)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
+    eval_every: int = field(default=50, metadata={"help": "evaluate every N steps (0: only at the end)"})
+    eval_batches: int = field(default=0, metadata={"help": "batches per evaluation; 0 = the whole split"})
+    log_every: int = field(default=10, metadata={"help": "log every N steps"})
+    checkpoint_every: int = field(default=0, metadata={"help": "save a checkpoint every N steps; 0 = never"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "keep the newest K checkpoints"})
+    trackers: list[str] = field(
+        default_factory=list, metadata={"help": "Accelerate trackers: tensorboard, trackio, wandb, or 'all'"}
+    )
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+
+
+# Peak dense bf16 tensor throughput (FLOP/s) of common accelerators, from the vendors' data sheets.
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100 SXM": 989e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 756e12,
+    "A100": 312e12,
+    "A10G": 70e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+    "V100": 125e12,
+}
+
+
+def device_peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in PEAK_BF16_FLOPS.items():
+        if key in name:
+            return peak
+    return None
+
+
+def flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token: 6 per non-embedding parameter plus attention (Kaplan et al., 2020, section 2.1)."""
+    config = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    n_params -= config.max_position_embeddings * config.hidden_size
+    return 6 * n_params + 12 * config.num_hidden_layers * config.hidden_size * seq_len
+
+
+def learning_rate_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warmup to the peak, then constant or cosine decay to ``min_lr_ratio`` of it (Loshchilov & Hutter, 2017)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    span = max(1, total_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.learning_rate * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.learning_rate - floor) * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model, weight_decay: float):
+    """Weight decay on matrices (linear weights, embeddings); none on biases and LayerNorm parameters."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class BatchPlan(torch.utils.data.Sampler):
+    """Which examples make up each micro-batch, from ``start`` on, as a pure function of the seed.
+
+    Each epoch is a fresh permutation (seeded with ``seed + epoch``), cut into global micro-batches of
+    ``batch_size * world_size`` examples (an incomplete last one is dropped); rank ``r`` takes the ``r``-th slice.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank=0, world_size=1, start=0, shuffle=True):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size, self.start, self.shuffle = rank, world_size, start, shuffle
+        self.per_epoch = n // (batch_size * world_size)
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.n, generator=generator)
+
+    def __iter__(self):
+        index = self.start
+        epoch, order = None, None
+        while True:
+            this_epoch, position = divmod(index, self.per_epoch)
+            if this_epoch != epoch:
+                epoch, order = this_epoch, self._order(this_epoch)
+            first = (position * self.world_size + self.rank) * self.batch_size
+            yield order[first : first + self.batch_size].tolist()
+            index += 1
+
+
+@dataclass
+class TrainResult:
+    step: int
+    history: list[dict]
+    final: dict
+    elapsed_s: float
+    tokens_seen: int
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    found = [p for p in folder.glob("step-*") if p.is_dir() and re.fullmatch(r"step-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = _checkpoints(Path(out_dir) / "checkpoints")
+    return found[-1] if found else None
+
+
+def _params_digest(model) -> str:
+    digest = hashlib.sha256()
+    for name, param in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def plot_history(history: list[dict], path: Path, title: str, keys=("train_loss", "val_loss")) -> None:
+    """Loss curves against tokens seen (or steps), as a PNG written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in keys:
+        points = [(h["step"], h[key]) for h in history if h.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o" if key.startswith("val") else None, markersize=3, label=key)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss" if all("loss" in k for k in keys) else "value")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def make_accelerator(cfg: TrainConfig, out_dir: Path):
+    """An Accelerator with the run's precision and trackers; TF32 matmuls on CUDA."""
+    from accelerate import Accelerator
+    from accelerate.utils import is_bf16_available
+
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and is_bf16_available() else "no"
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("mixed_precision fp16 needs a CUDA GPU: use --mixed-precision no (or bf16) on this machine")
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    trackers = _available_trackers(cfg.trackers)
+    return Accelerator(mixed_precision=precision, log_with=trackers or None, project_dir=str(out_dir))
+
+
+def _available_trackers(names: list[str]) -> list[str]:
+    import importlib.util
+
+    modules = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb"}
+    wanted = list(modules) if "all" in names else names
+    for name in wanted:
+        if name not in modules:
+            raise UserError(f"unknown tracker '{name}': choose from {', '.join(modules)} or 'all'")
+    return [n for n in wanted if importlib.util.find_spec(modules[n]) is not None]
+
+
+class Trainer:
+    """Runs :class:`TrainConfig` over a model and datasets; see the module docstring for the step."""
+
+    def __init__(
+        self,
+        model,
+        cfg: TrainConfig,
+        out_dir: str | os.PathLike,
+        train_data,
+        val_data=None,
+        *,
+        collate_fn: Callable,
+        loss_fn: Callable,
+        tokens_per_example: int | None = None,
+        extra_eval: Callable | None = None,
+        on_eval: Callable | None = None,
+        accelerator=None,
+        run_name: str = "gpt-scratch",
+        log_fn: Callable[[str], None] | None = None,
+    ):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.train_data, self.val_data = train_data, val_data
+        self.collate_fn, self.loss_fn = collate_fn, loss_fn
+        self.extra_eval, self.on_eval = extra_eval, on_eval
+        self.accelerator = accelerator or make_accelerator(cfg, self.out_dir)
+        self.run_name = run_name
+        acc = self.accelerator
+        self.is_main = acc.is_main_process
+        self.log = log_fn or (lambda msg: acc.print(msg))
+
+        world = acc.num_processes
+        if len(train_data) < cfg.batch_size * world:
+            raise UserError(
+                f"the training set has {len(train_data)} examples, fewer than one batch "
+                f"({cfg.batch_size} per device x {world} devices): lower --batch-size or add data"
+            )
+        self.accum = cfg.gradient_accumulation_steps
+        if cfg.global_batch_tokens > 0:
+            if not tokens_per_example:
+                raise UserError("global_batch_tokens needs fixed-length examples: set gradient_accumulation_steps")
+            per_micro = cfg.batch_size * world * tokens_per_example
+            self.accum = max(1, round(cfg.global_batch_tokens / per_micro))
+        self.global_batch = cfg.batch_size * world * self.accum
+        per_epoch = len(train_data) // (cfg.batch_size * world)
+        self.total_steps = max(1, math.ceil(cfg.epochs * per_epoch / self.accum)) if cfg.epochs > 0 else cfg.max_steps
+        self.steps_per_epoch = per_epoch / self.accum
+
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        torch_fused = acc.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, cfg.weight_decay),
+            lr=cfg.learning_rate,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            fused=torch_fused or None,
+        )
+        self.raw_model = model
+        self.model, self.optimizer = acc.prepare(model, self.optimizer)
+        if cfg.compile:
+            try:
+                self.model = torch.compile(self.model)
+            except Exception as exc:  # compile support varies by platform; training goes on eagerly
+                self.log(f"torch.compile unavailable ({type(exc).__name__}: {exc}); training without it")
+        self.tokens_per_example = tokens_per_example
+        self.flops_per_token = flops_per_token(model, tokens_per_example or model.config.max_position_embeddings)
+        self.peak_flops = device_peak_flops(acc.device)
+        self.step = 0
+        self.tokens_seen = 0
+        self.history: list[dict] = []
+        self.elapsed_before = 0.0
+
+    # ---- data -------------------------------------------------------------------------------------------------
+    def _loader(self, start_micro_batch: int):
+        acc = self.accelerator
+        plan = BatchPlan(
+            len(self.train_data),
+            self.cfg.batch_size,
+            self.cfg.seed,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+            start=start_micro_batch,
+        )
+        return torch.utils.data.DataLoader(
+            self.train_data,
+            batch_sampler=plan,
+            collate_fn=self.collate_fn,
+            num_workers=self.cfg.num_workers,
+            pin_memory=acc.device.type == "cuda",
+        )
+
+    def _to_device(self, batch):
+        if isinstance(batch, dict):
+            return {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}
+        return [t.to(self.accelerator.device, non_blocking=True) for t in batch]
+
+    # ---- evaluation -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, dataset, max_batches: int = 0) -> dict:
+        """Mean loss over a split (weighted by tokens or examples), identical on every rank."""
+        acc = self.accelerator
+        model = self.model
+        was_training = model.training
+        model.eval()
+        world, rank = acc.num_processes, acc.process_index
+        indices = list(range(len(dataset)))[rank::world]
+        batches = [indices[i : i + self.cfg.batch_size] for i in range(0, len(indices), self.cfg.batch_size)]
+        if max_batches:
+            batches = batches[:max_batches]
+        total = torch.zeros(2, dtype=torch.float64, device=acc.device)
+        for batch_indices in batches:
+            batch = self._to_device(self.collate_fn([dataset[i] for i in batch_indices]))
+            with acc.autocast():
+                loss, count = self.loss_fn(model, batch)
+            total[0] += loss.double() * count
+            total[1] += count
+        total = acc.reduce(total, reduction="sum") if world > 1 else total
+        if was_training:
+            model.train()
+        mean = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
+        return {"loss": mean, "perplexity": math.exp(min(mean, 50.0))}
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        acc = self.accelerator
+        folder = self.out_dir / "checkpoints"
+        final = folder / f"step-{self.step}"
+        tmp = folder / f".tmp-step-{self.step}"
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            folder.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        if self.is_main:
+            atomic_write_json(tmp / "trainer_state.json", self._state())
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in _checkpoints(folder)[: -self.cfg.keep_checkpoints or None]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "history": self.history,
+            "elapsed_s": self.elapsed_before + (time.time() - self._t0),
+            "total_steps": self.total_steps,
+            "global_batch": self.global_batch,
+        }
+
+    def load_checkpoint(self, path: Path) -> None:
+        state_file = Path(path) / "trainer_state.json"
+        if not state_file.is_file():
+            raise UserError(f"checkpoint '{path}' is incomplete (no trainer_state.json): remove it and resume again")
+        self.accelerator.load_state(str(path))
+        state = json.loads(state_file.read_text())
+        if state.get("global_batch") not in (None, self.global_batch):
+            raise UserError(
+                f"checkpoint '{path}' was trained with a global batch of {state['global_batch']} examples, this run "
+                f"has {self.global_batch}: resume with the same batch size, accumulation and number of devices"
+            )
+        self.step = state["step"]
+        self.tokens_seen = state["tokens_seen"]
+        self.history = state["history"]
+        self.elapsed_before = state.get("elapsed_s", 0.0)
+
+    # ---- the loop ---------------------------------------------------------------------------------------------
+    def _eval_point(self, train_loss: float | None) -> dict:
+        record = {"step": self.step, "tokens": self.tokens_seen, "train_loss": train_loss}
+        if self.val_data is not None and len(self.val_data):
+            val = self.evaluate(self.val_data, self.cfg.eval_batches)
+            record.update(val_loss=val["loss"], val_perplexity=val["perplexity"])
+        if self.extra_eval is not None:
+            record.update(self.extra_eval(self))
+        if self.on_eval is not None and self.is_main:
+            self.on_eval(self, record)
+        return record
+
+    def fit(self, resume_from: Path | None = None) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        acc = self.accelerator
+        cfg = self.cfg
+        self._t0 = time.time()
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+            self.log(f"resumed from {resume_from} at step {self.step}/{self.total_steps}")
+        if acc.log_with:
+            acc.init_trackers(self.run_name, config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
+        if self.step == 0:
+            self.history.append(self._eval_point(None))
+            self._log_eval(self.history[-1])
+
+        model = self.model
+        model.train()
+        batches = iter(self._loader(self.step * self.accum))
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, disable=not self.is_main, desc=self.run_name, dynamic_ncols=True
+        )
+        window_tokens, window_start, window_loss, window_steps = 0, time.time(), 0.0, 0
+        while self.step < self.total_steps:
+            lr = learning_rate_at(self.step, cfg, self.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = torch.zeros((), device=acc.device)
+            step_tokens = 0
+            for micro in range(self.accum):
+                batch = self._to_device(next(batches))
+                sync = micro == self.accum - 1
+                ctx = contextlib.nullcontext() if sync else acc.no_sync(model)
+                with ctx, acc.autocast():
+                    loss, _ = self.loss_fn(model, batch)
+                    acc.backward(loss / self.accum)
+                step_loss += loss.detach() / self.accum
+                first = batch["input_ids"] if isinstance(batch, dict) else batch[0]
+                step_tokens += first.numel()
+            if acc.num_processes > 1:
+                step_loss = acc.reduce(step_loss, reduction="mean")
+            loss_value = step_loss.item()
+            if not math.isfinite(loss_value):
+                bar.close()
+                last = latest_checkpoint(self.out_dir)
+                raise UserError(
+                    f"the loss became {loss_value} at step {self.step + 1}: training stopped before the update; "
+                    + (f"the last good checkpoint is {last}; " if last else "")
+                    + "lower --learning-rate, keep --grad-clip on, or use --mixed-precision bf16 instead of fp16"
+                )
+            if cfg.grad_clip > 0:
+                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            tokens = step_tokens * acc.num_processes
+            self.tokens_seen += tokens
+            window_tokens += tokens
+            window_loss += loss_value
+            window_steps += 1
+            bar.update(1)
+
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                seconds = max(time.time() - window_start, 1e-9)
+                tok_s = window_tokens / seconds
+                mfu = self._mfu(tok_s)
+                record = {
+                    "step": self.step,
+                    "tokens": self.tokens_seen,
+                    "train_loss": window_loss / window_steps,
+                    "lr": lr,
+                    "tokens_per_s": tok_s,
+                    "mfu": mfu,
+                }
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{tok_s:,.0f}", mfu=_fmt_mfu(mfu))
+                if acc.log_with:
+                    acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
+                self.history.append(record)
+                window_tokens, window_start, window_loss, window_steps = 0, time.time(), 0.0, 0
+
+            at_end = self.step == self.total_steps
+            if (cfg.eval_every and self.step % cfg.eval_every == 0) or at_end:
+                point = self._eval_point(self.history[-1].get("train_loss") if self.history else None)
+                point["eval"] = True
+                self.history.append(point)
+                self._log_eval(point)
+                window_start = time.time()
+            if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or at_end):
+                self.save_checkpoint()
+                window_start = time.time()
+        bar.close()
+
+        agree = self._ranks_agree()
+        elapsed = self.elapsed_before + (time.time() - self._t0)
+        evals = [h for h in self.history if "val_loss" in h]
+        final = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "global_batch_examples": self.global_batch,
+            "world_size": acc.num_processes,
+            "gradient_accumulation_steps": self.accum,
+            "ranks_agree": agree,
+            "elapsed_s": elapsed,
+        }
+        if evals:
+            final["initial_val_loss"] = evals[0]["val_loss"]
+            final["val_loss"] = evals[-1]["val_loss"]
+            final["val_perplexity"] = evals[-1]["val_perplexity"]
+        if acc.log_with:
+            acc.end_training()
+        return TrainResult(self.step, self.history, final, elapsed, self.tokens_seen)
+
+    def _ranks_agree(self) -> bool:
+        """After DDP training every rank must hold the same weights: compare a digest across ranks."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return True
+        digest = _params_digest(acc.unwrap_model(self.model))
+        value = torch.tensor([int(digest[:12], 16)], dtype=torch.float64, device=acc.device)
+        gathered = acc.gather(value)
+        return bool((gathered == gathered[0]).all())
+
+    def _mfu(self, tokens_per_s: float):
+        if self.peak_flops is None:
+            return None
+        return tokens_per_s * self.flops_per_token / (self.peak_flops * self.accelerator.num_processes)
+
+    def _log_eval(self, point: dict) -> None:
+        parts = [f"step {point['step']}"]
+        for key in ("train_loss", "val_loss", "val_perplexity"):
+            if point.get(key) is not None:
+                parts.append(f"{key} {point[key]:.4f}")
+        for key, value in point.items():
+            if key.endswith("accuracy") and value is not None:
+                parts.append(f"{key} {value:.4f}")
+        self.log(" | ".join(parts))
+        if self.accelerator.log_with:
+            self.accelerator.log(
+                {k: v for k, v in point.items() if k.startswith("val") and isinstance(v, (int, float))}, step=point["step"]
+            )
+
+
+def _fmt_mfu(mfu) -> str:
+    return "n/a" if mfu is None else f"{100 * mfu:.1f}%"
