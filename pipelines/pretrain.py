@@ -42,10 +42,13 @@ class PretrainConfig(TrainConfig):
     tie_word_embeddings: bool = field(default=False, metadata={"help": "share input embedding and output head"})
     layout: str = field(
         default="joined",
-        metadata={"choices": ["joined", "cropped"], "help": "joined: documents concatenated with EOS; cropped: one"
-                  " document per example, cropped to the context"},
+        metadata={
+            "choices": ["joined", "sliding", "cropped"],
+            "help": "joined: documents concatenated with EOS, cut into contexts; sliding: the same with --stride; "
+            "cropped: one document per example, cropped to the context",
+        },
     )
-    stride: int = field(default=0, metadata={"help": "sliding-window stride in tokens (0: the context length)"})
+    stride: int = field(default=0, metadata={"help": "sliding layout: window stride in tokens (0: the context)"})
     val_fraction: float = field(default=0.05, metadata={"help": "share of tokens held out for validation"})
     test_fraction: float = field(default=0.05, metadata={"help": "share of tokens held out for the final test"})
     sample_prompt: str = field(default="", metadata={"help": "prompt for the text samples at each evaluation"})
@@ -156,6 +159,7 @@ def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, seed: int) -
 
 
 def build_datasets(cfg: PretrainConfig, tokenizer, out: Path, context: int):
+    """Token shards (cached), a fixed split by seed, and one dataset per split in the configured layout."""
     from . import data
 
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
@@ -163,22 +167,25 @@ def build_datasets(cfg: PretrainConfig, tokenizer, out: Path, context: int):
         cfg.data, tokenizer, cache_root, text_column=cfg.text_column, max_documents=cfg.max_documents
     )
     tokens = data.load_tokens(shard_dir)
+    train_fraction = 1 - cfg.val_fraction - cfg.test_fraction
     splits = data.split_tokens(
-        tokens,
-        fractions=(1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction),
-        block=context + 1,
-        seed=cfg.seed,
+        tokens, fractions=(train_fraction, cfg.val_fraction, cfg.test_fraction), seed=cfg.seed, context_length=context
     )
-    stride = cfg.stride or context
-    if cfg.layout == "cropped":
-        meta = data.load_meta(shard_dir)
-        make = lambda part: data.CroppedDocumentDataset(  # noqa: E731
-            part, data.document_starts(part, tokenizer.eos_token_id), context, tokenizer.pad_token_id
+    doc_starts = data.load_meta(shard_dir)["doc_starts"] if cfg.layout == "cropped" else None
+    datasets = {}
+    for name, part in splits.items():
+        # evaluation always uses non-overlapping windows; the book's overlapping stride applies to training only
+        layout = cfg.layout if name == "train" or cfg.layout == "cropped" else "joined"
+        datasets[name] = data.pretraining_dataset(
+            layout,
+            part,
+            context,
+            stride=cfg.stride or context,
+            doc_starts=data.split_doc_starts(doc_starts, part.ranges) if doc_starts is not None else None,
+            pad_id=tokenizer.pad_token_id,
         )
-        del meta
-    else:
-        make = lambda part: data.SlidingWindowDataset(part, context, stride if part is splits["train"] else context)  # noqa: E731
-    return {name: make(part) for name, part in splits.items()}, len(tokens)
+    datasets.setdefault("test", [])
+    return datasets, len(tokens)
 
 
 def run(args) -> int:

@@ -226,7 +226,11 @@ def make_accelerator(cfg: TrainConfig, out_dir: Path):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     trackers = _available_trackers(cfg.trackers)
-    return Accelerator(mixed_precision=precision, log_with=trackers or None, project_dir=str(out_dir))
+    # With no accelerator, say so explicitly: Accelerate then treats `torchrun` ranks as CPU processes (gloo).
+    cpu_only = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    return Accelerator(
+        cpu=cpu_only, mixed_precision=precision, log_with=trackers or None, project_dir=str(out_dir)
+    )
 
 
 def _available_trackers(names: list[str]) -> list[str]:
@@ -329,6 +333,9 @@ class Trainer:
             collate_fn=self.collate_fn,
             num_workers=self.cfg.num_workers,
             pin_memory=acc.device.type == "cuda",
+            # the loader's own generator: creating an iterator must not draw from the global RNG, or a resumed run
+            # would start its dropout masks from a different state than the uninterrupted run had at that step
+            generator=torch.Generator().manual_seed(self.cfg.seed),
         )
 
     def _to_device(self, batch):
