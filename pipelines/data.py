@@ -952,6 +952,7 @@ def read_labeled_table(
     label_column: str | None = None,
     *,
     header: bool | None = None,
+    min_classes: int = 2,
 ) -> list[dict]:
     """Labelled texts as ``[{"text": str, "label": str}, ...]`` in file order.
 
@@ -966,7 +967,8 @@ def read_labeled_table(
     ``"1"``.  In a tab-separated file whose text is the last column, extra tabs belong to the text.
 
     Labels are returned as stripped strings.  Errors: missing column (lists the available ones), empty text or
-    label (names the record), fewer than two classes.
+    label (names the record), fewer than ``min_classes`` classes (two for training; an evaluation or a separate
+    test file may hold one).
     """
     spec = str(path_or_hub)
     kind, target = resolve_source(spec)
@@ -1008,7 +1010,7 @@ def read_labeled_table(
             )
         out.append({"text": text, "label": str(label).strip()})
     classes = sorted({r["label"] for r in out})
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         raise UserError(
             f"{source} has only one class ({', '.join(map(repr, classes)) or 'none'}) in column '{label_key}'; "
             "a classifier needs at least two -- check --label-column"

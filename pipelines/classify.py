@@ -1,0 +1,711 @@
+"""``gpt-scratch finetune-classifier`` and ``gpt-scratch classify``: a next-token predictor turned into a classifier.
+
+The recipe of the book's chapter 6 (Raschka, *Build a Large Language Model (From Scratch)*), on the shared core:
+
+1. read a labelled table (``pipelines.data.read_labeled_table``), balance the classes by undersampling (default on),
+   cut a seeded 70/10/20 train/val/test split and save it in the run folder (``splits/*.jsonl``);
+2. load a causal-LM folder of ours (or a Hub id) into :class:`GPTScratchForSequenceClassification`: the transformer
+   weights are kept, the vocabulary-sized LM head is dropped, and a fresh ``score`` head with one output per label
+   (label names from the data, sorted; ``id2label``/``label2id`` in the config) is initialised;
+3. freeze everything except the chosen part (``--trainable``: ``last-block`` = last transformer block + final
+   LayerNorm + head, the book's choice; ``last-two-blocks``; ``head``; ``all``);
+4. tokenise each text (truncated to the context, with a count in the log), pad each batch to its own longest text
+   (right padding; the model pools the last *real* token through the attention mask);
+5. train with the shared loop on cross-entropy, evaluating once per epoch: validation loss plus validation and
+   (capped) training accuracy;
+6. score the test split: accuracy, macro precision/recall/F1 and the confusion matrix, then write the run folder
+   (a classifier that ``pipeline("text-classification", model=folder, trust_remote_code=True)`` opens).
+
+Labels: the label set is that of the training split.  A label that occurs in the validation or test records but not
+in the training records is refused (``UserError``): the head could never predict it, so the scores would silently
+count it as an error.  With the built-in split this only happens for very small or very skewed data; with separate
+``--val-data``/``--test-data`` files it means the files disagree.
+
+Metrics: the ``evaluate`` library's metrics (``evaluate.load("accuracy")`` ...) are scripts fetched from the Hub and
+do not load offline, so the scores are computed with scikit-learn (which those scripts call anyway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import config as config_schema
+from .errors import UserError
+from .train_loop import TrainConfig, Trainer, latest_checkpoint, plot_history
+
+TRAINABLE_MODES = ("last-block", "last-two-blocks", "head", "all")
+SPLIT_NAMES = ("train", "val", "test")
+_HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class ClassifyConfig(TrainConfig):
+    """A classifier fine-tune: the loop's settings (with the book's defaults) plus data, base model and freezing."""
+
+    # The book's chapter 6 settings: AdamW lr 5e-5, weight decay 0.1, 5 epochs, batch 8, constant learning rate.
+    seed: int = field(default=123, metadata={"help": "seed for balancing, the split, the head and the data order"})
+    epochs: float = field(default=5.0, metadata={"help": "passes over the training split (0: use --max-steps)"})
+    batch_size: int = field(default=8, metadata={"help": "micro-batch size per device"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate"})
+    lr_schedule: str = field(default="constant", metadata={"choices": ["cosine", "constant"], "help": "after warmup"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay, on matrices only"})
+    adam_beta2: float = 0.999
+    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps; 0 = once per epoch"})
+    log_every: int = field(default=10, metadata={"help": "log every N steps"})
+
+    model: str | None = field(default=None, metadata={"help": "base causal-LM folder (or Hub model id) to start from"})
+    data: str | None = field(default=None, metadata={"help": "labelled table: TSV/CSV (header optional), JSON/JSONL, "
+                                                      "Parquet, or a Hub dataset id"})
+    out: str | None = field(default=None, metadata={"help": "run folder (a loadable classifier folder at the end)"})
+    text_column: str | None = field(default=None, metadata={"help": "column (name or 0-based position) of the text"})
+    label_column: str | None = field(default=None, metadata={"help": "column (name or 0-based position) of the label"})
+    val_data: str | None = field(default=None, metadata={"help": "separate validation table (then --data is not "
+                                                          "split for validation)"})
+    test_data: str | None = field(default=None, metadata={"help": "separate test table (then --data is not split "
+                                                           "for testing)"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder or Hub id (default: the model's)"})
+    trainable: str = field(
+        default="last-block",
+        metadata={"choices": list(TRAINABLE_MODES), "help": "what is trained: last-block (+ final norm + head), "
+                  "last-two-blocks, head, or all"},
+    )
+    balance: bool = field(default=True, metadata={"help": "undersample every class of --data to the smallest one"})
+    train_fraction: float = field(default=0.7, metadata={"help": "share of --data for training"})
+    val_fraction: float = field(default=0.1, metadata={"help": "share of --data for validation"})
+    test_fraction: float = field(default=0.2, metadata={"help": "share of --data for the final test"})
+    max_length: int = field(default=0, metadata={"help": "truncate texts to N tokens (0: the model's context)"})
+    dropout: float | None = field(default=None, metadata={"help": "dropout while fine-tuning (default: the base's)"})
+    train_accuracy_examples: int = field(
+        default=256, metadata={"help": "training examples scored for train accuracy at each evaluation (0: all)"}
+    )
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --out"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
+
+
+# ======================================================================================================================
+# base model
+# ======================================================================================================================
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_model_dir(spec: str, flag: str = "--model") -> Path:
+    """A local folder for ``spec``: the folder itself, or the snapshot of a Hub model id (downloaded or cached)."""
+    path = Path(str(spec)).expanduser()
+    if path.exists():
+        return path
+    if not _HUB_MODEL_ID.match(str(spec)):
+        raise UserError(
+            f"{flag} {spec} does not exist: pass a causal-LM folder (the --out of pretrain or convert) or a Hub model "
+            "id as owner/name"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(spec)))
+    except Exception as exc:  # offline, unreachable, unknown or gated repository
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if _offline() or any(word in text.lower() for word in ("offline", "connect", "resolve", "timed out")):
+            raise UserError(
+                f"{flag} {spec} is a Hub model id that is not in the local cache; downloading it needs the network "
+                f"({'HF_HUB_OFFLINE is set' if _offline() else 'the Hub could not be reached'}): connect and retry, or "
+                "pass a local model folder"
+            ) from None
+        raise UserError(f"{flag} {spec}: cannot download it from the Hub ({text}); check the id") from None
+
+
+def check_causal_lm_folder(folder: Path, need_tokenizer: bool = True, flag: str = "--model") -> dict:
+    """The ``config.json`` of a gpt-scratch causal-LM folder; anything else is a one-line :class:`UserError`."""
+    from .generate import check_model_folder
+
+    check_model_folder(folder, need_tokenizer=need_tokenizer)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{flag} {folder}: config.json is not valid JSON ({exc}); re-save the model") from None
+    model_type = config.get("model_type")
+    if model_type == "gpt2":
+        raise UserError(
+            f"{flag} {folder} is a Hugging Face GPT-2 checkpoint, not a gpt-scratch model: import it first with "
+            "`gpt-scratch convert --from hf-gpt2 --src FOLDER --out DIR` and pass DIR"
+        )
+    if model_type != "gpt_scratch":
+        raise UserError(
+            f"{flag} {folder} holds a '{model_type}' model, not a gpt-scratch causal LM: pass the --out of "
+            "`gpt-scratch pretrain` or `gpt-scratch convert`"
+        )
+    architectures = config.get("architectures") or []
+    if any("SequenceClassification" in str(a) for a in architectures):
+        raise UserError(
+            f"{flag} {folder} is already a classifier ({', '.join(architectures)}), not a causal language model: "
+            "start from the base model it was fine-tuned from"
+        )
+    if architectures and not any(a in ("GPTScratchForCausalLM", "GPTScratchModel") for a in architectures):
+        raise UserError(
+            f"{flag} {folder} holds {', '.join(architectures)}, not a causal language model: pass a base model folder"
+        )
+    return config
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Silence ``from_pretrained``'s loading report and progress bar (our own log lines say what matters)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def load_base_as_classifier(folder: Path, names: list[str], dropout: float | None = None, flag: str = "--model"):
+    """A :class:`GPTScratchForSequenceClassification` with the folder's transformer and a fresh ``score`` head."""
+    from modeling_gpt_scratch import GPTScratchForSequenceClassification
+
+    from .data import label_maps
+
+    id2label, label2id = label_maps(names)
+    extra = {} if dropout is None else {"hidden_dropout": dropout, "attention_dropout": dropout}
+    try:
+        with quiet_loading():
+            model, info = GPTScratchForSequenceClassification.from_pretrained(
+                str(folder),
+                num_labels=len(names),
+                id2label=id2label,
+                label2id=label2id,
+                output_loading_info=True,
+                **extra,
+            )
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{flag} {folder}: cannot load its weights ({first}); re-save the model") from None
+    missing = sorted(k for k in info["missing_keys"] if not k.startswith("score."))
+    if missing or info.get("mismatched_keys"):
+        what = missing or sorted(str(k) for k in info["mismatched_keys"])
+        raise UserError(
+            f"{flag} {folder}: its weights do not match its config.json ({len(what)} missing or mismatched tensors, "
+            f"e.g. {what[0]}): pass a complete causal-LM folder"
+        )
+    # model.score is fresh: N(0, initializer_range) weights and zero bias from _init_weights
+    return model
+
+
+def freeze_for(model, mode: str) -> int:
+    """Let only the part named by ``mode`` train; returns the number of trainable parameters.
+
+    ``head``: the ``score`` head.  ``last-block``: the last transformer block, the final LayerNorm and the head (the
+    book's choice).  ``last-two-blocks``: the last two blocks, the final LayerNorm and the head.  ``all``: everything.
+    """
+    if mode not in TRAINABLE_MODES:
+        raise UserError(f"--trainable {mode}: choose one of {', '.join(TRAINABLE_MODES)}")
+    train_all = mode == "all"
+    for param in model.parameters():
+        param.requires_grad = train_all
+    if not train_all:
+        parts = [model.score]
+        if mode in ("last-block", "last-two-blocks"):
+            blocks = model.transformer.blocks
+            parts += list(blocks[-(1 if mode == "last-block" else 2) :]) + [model.transformer.final_norm]
+        for part in parts:
+            for param in part.parameters():
+                param.requires_grad = True
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ======================================================================================================================
+# data
+# ======================================================================================================================
+
+
+def _load_tokenizer(spec: str):
+    from modeling_gpt_scratch.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(str(spec))
+    if tokenizer.pad_token_id is None:
+        raise UserError(f"tokenizer {spec} has neither a pad nor an end-of-text token: give a GPT-2-style tokenizer")
+    return tokenizer
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids of every text, each cut to its first ``max_length`` tokens; also how many were cut."""
+    ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"] if texts else []
+    truncated = sum(1 for row in ids if len(row) > max_length)
+    return [row[:max_length] for row in ids], truncated
+
+
+def build_splits(cfg: ClassifyConfig, log) -> dict[str, list[dict]]:
+    """``{"train", "val", "test"}`` lists of ``{"text", "label"}`` records from --data (and the optional split files)."""
+    from collections import Counter
+
+    from . import data
+
+    fractions = (cfg.train_fraction, cfg.val_fraction, cfg.test_fraction)
+    if min(fractions) < 0 or cfg.train_fraction <= 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise UserError(
+            f"--train-fraction/--val-fraction/--test-fraction {fractions} must be non-negative, with training above "
+            "0, and add up to 1"
+        )
+    records = data.read_labeled_table(cfg.data, cfg.text_column, cfg.label_column)
+    counts = Counter(r["label"] for r in records)
+    log(f"data: {len(records)} records from {cfg.data} ({_counts_text(counts)})")
+    if cfg.balance:
+        records = data.balance_undersample(records, seed=cfg.seed)
+        log(f"balanced by undersampling to {len(records)} records ({_counts_text(Counter(r['label'] for r in records))})")
+    separate = {"val": cfg.val_data, "test": cfg.test_data}
+    keep = [f if separate.get(name) is None else 0.0 for name, f in zip(SPLIT_NAMES, fractions)]
+    total = sum(keep)
+    splits = data.split_records(records, tuple(f / total for f in keep), seed=cfg.seed)
+    for name, spec in separate.items():
+        if spec is not None:
+            splits[name] = data.read_labeled_table(spec, cfg.text_column, cfg.label_column, min_classes=1)
+    return splits
+
+
+def _counts_text(counts) -> str:
+    return ", ".join(f"{label}: {n}" for label, n in sorted(counts.items()))
+
+
+def check_labels(splits: dict[str, list[dict]]) -> list[str]:
+    """The label names (sorted) of the training split; refuses a one-class training split or unseen labels."""
+    from .data import label_names
+
+    names = label_names(splits["train"])
+    if len(names) < 2:
+        raise UserError(
+            f"the training split holds only one class ({', '.join(map(repr, names)) or 'none'}): a classifier needs "
+            "at least two; give more data of the other classes"
+        )
+    known = set(names)
+    for split in ("val", "test"):
+        unseen = sorted({r["label"] for r in splits[split]} - known)
+        if unseen:
+            n = sum(1 for r in splits[split] if r["label"] in unseen)
+            raise UserError(
+                f"label {', '.join(map(repr, unseen))} occurs in the {split} split ({n} records) but never in the "
+                f"training split, so the classifier could not learn it: add training examples of it, or drop those "
+                f"records (training labels: {', '.join(map(repr, names))})"
+            )
+    return names
+
+
+def encode_split(records: list[dict], tokenizer, label2id: dict[str, int], max_length: int) -> tuple[list[dict], int]:
+    ids, truncated = encode_texts(tokenizer, [r["text"] for r in records], max_length)
+    for i, row in enumerate(ids):
+        if not row:
+            raise UserError(f"record {i} ({records[i]['text']!r}) has no tokens: remove it or fix its text")
+    return [{"input_ids": row, "label": label2id[r["label"]]} for row, r in zip(ids, records)], truncated
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    from .fsutil import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ======================================================================================================================
+# loss, prediction, metrics
+# ======================================================================================================================
+
+
+def classification_loss(model, batch):
+    """Mean cross-entropy of the logits (of the last real token) against the labels; counts examples."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+    return loss, int(batch["labels"].numel())
+
+
+@torch.no_grad()
+def predict_ids(model, input_ids: list[list[int]], pad_id: int, batch_size: int = 32, device=None) -> torch.Tensor:
+    """Class probabilities (n, num_labels) for already tokenised texts; batches of similar length, right-padded."""
+    from .data import pad_collate_classification
+
+    model = getattr(model, "module", model)
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
+    probs = torch.zeros(len(input_ids), model.config.num_labels)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = pad_collate_classification([{"input_ids": input_ids[i], "label": 0} for i in chunk], pad_id)
+        logits = model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False
+        ).logits
+        probs[chunk] = torch.softmax(logits.float(), dim=-1).cpu()
+    if was_training:
+        model.train()
+    return probs
+
+
+def classification_metrics(y_true: list[int], y_pred: list[int], names: list[str], prefix: str = "") -> dict:
+    """Accuracy, macro precision/recall/F1, per-class scores and the confusion matrix (rows: true, columns: predicted).
+
+    Computed with scikit-learn: the ``evaluate`` library's metric scripts come from the Hub and do not load offline.
+    """
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    labels = list(range(len(names)))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average="macro", zero_division=0
+    )
+    per_p, per_r, per_f, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    return {
+        f"{prefix}accuracy": float(accuracy_score(y_true, y_pred)),
+        f"{prefix}precision": float(precision),
+        f"{prefix}recall": float(recall),
+        f"{prefix}f1": float(f1),
+        f"{prefix}examples": len(y_true),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(names, per_p, per_r, per_f, support)
+        },
+        "confusion_matrix": {
+            "labels": list(names),
+            "rows_true_columns_predicted": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        },
+    }
+
+
+def _accuracy(trainer, dataset, indices) -> float | None:
+    """Accuracy over ``dataset[indices]`` with the training model, split over the ranks and summed."""
+    if not indices:
+        return None
+    acc = trainer.accelerator
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    mine = indices[acc.process_index :: acc.num_processes]
+    counts = torch.zeros(2, dtype=torch.float64, device=acc.device)
+    size = trainer.cfg.batch_size
+    with torch.no_grad():
+        for start in range(0, len(mine), size):
+            batch = trainer._to_device(trainer.collate_fn([dataset[i] for i in mine[start : start + size]]))
+            with acc.autocast():
+                logits = model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+                ).logits
+            counts[0] += (logits.argmax(-1) == batch["labels"]).sum()
+            counts[1] += batch["labels"].numel()
+    if acc.num_processes > 1:
+        counts = acc.reduce(counts, reduction="sum")
+    if was_training:
+        model.train()
+    return (counts[0] / counts[1]).item() if counts[1] > 0 else None
+
+
+# ======================================================================================================================
+# finetune-classifier
+# ======================================================================================================================
+
+
+def add_finetune_arguments(parser) -> None:
+    parser.add_argument("--config", help="YAML file with any of the settings below (flags win)")
+    config_schema.add_schema_arguments(parser, ClassifyConfig, "classifier fine-tuning settings (each is also a YAML key)")
+
+
+def resolve_config(args) -> ClassifyConfig:
+    return config_schema.resolve(ClassifyConfig, args, getattr(args, "config", None))
+
+
+def finetune_main(args) -> int:
+    return finetune(resolve_config(args))
+
+
+def _check_out(cfg: ClassifyConfig, model_dir: Path) -> Path:
+    """What ``prepare_out_dir`` will say, said before any work is done and without touching the folder."""
+    out = Path(cfg.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: choose a folder")
+    if out.resolve() == model_dir.resolve():
+        raise UserError(f"--out {out} is the base model folder: choose another folder for the classifier")
+    if cfg.resume:
+        if latest_checkpoint(out) is None:
+            raise UserError(
+                f"--resume: there is no checkpoint in '{out / 'checkpoints'}': start the run without --resume "
+                "(and set --checkpoint-every N so that it can be resumed)"
+            )
+    elif out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise UserError(
+            f"output folder '{out}' already exists and is not empty: pass --resume to continue its run, "
+            "--overwrite to replace it, or choose another --out"
+        )
+    return out
+
+
+def finetune(cfg: ClassifyConfig) -> int:
+    from accelerate.utils import set_seed
+
+    from .data import label_maps, pad_collate_classification
+    from .runfolder import prepare_out_dir, save_run_config, write_model_folder
+    from .train_loop import make_accelerator
+
+    for flag, value in (("--model", cfg.model), ("--data", cfg.data), ("--out", cfg.out)):
+        if not value:
+            raise UserError(f"{flag} is required (as a flag or a key of the --config file)")
+    if cfg.max_length < 0:
+        raise UserError(f"--max-length {cfg.max_length} must be 0 (the model's context) or positive")
+
+    # ---- everything that can fail on the user's input, before the run folder exists ------------------------------
+    model_dir = resolve_model_dir(cfg.model)
+    check_causal_lm_folder(model_dir, need_tokenizer=cfg.tokenizer is None)
+    out = _check_out(cfg, model_dir)
+    accelerator = make_accelerator(cfg, out)
+    log = accelerator.print
+
+    splits_dir = out / "splits"
+    if cfg.resume and all((splits_dir / f"{n}.jsonl").is_file() for n in SPLIT_NAMES):
+        splits = {n: _read_jsonl(splits_dir / f"{n}.jsonl") for n in SPLIT_NAMES}
+        log(f"resuming: the splits saved in {splits_dir} are used")
+    else:
+        splits = build_splits(cfg, log)
+    names = check_labels(splits)
+    _, label2id = label_maps(names)
+    log(
+        "splits: " + ", ".join(f"{n} {len(splits[n])}" for n in SPLIT_NAMES)
+        + f"; labels (sorted, id = position): {', '.join(names)}"
+    )
+
+    tokenizer = _load_tokenizer(cfg.tokenizer or str(model_dir))
+    set_seed(cfg.seed)  # the fresh head is drawn from this seed
+    model = load_base_as_classifier(model_dir, names, cfg.dropout)
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size} embeddings: "
+            "use the tokenizer the base model was trained with"
+        )
+    context = model.config.max_position_embeddings
+    max_length = min(cfg.max_length or context, context)
+    datasets, truncated = {}, {}
+    for name in SPLIT_NAMES:
+        datasets[name], truncated[name] = encode_split(splits[name], tokenizer, label2id, max_length)
+    n_cut = sum(truncated.values())
+    longest = max(len(x["input_ids"]) for part in datasets.values() for x in part)
+    log(
+        f"tokens: longest text {longest} tokens after truncation to {max_length}; "
+        + (f"{n_cut} texts were longer and truncated ({', '.join(f'{k} {v}' for k, v in truncated.items())})"
+           if n_cut else "no text was truncated")
+    )
+
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = freeze_for(model, cfg.trainable)
+    log(
+        f"classifier: {n_params / 1e6:.2f}M parameters, new head {model.config.hidden_size} -> {len(names)}; "
+        f"trainable ({cfg.trainable}): {n_trainable:,} ({100 * n_trainable / n_params:.1f}%)"
+    )
+
+    world = accelerator.num_processes
+    if len(datasets["train"]) < cfg.batch_size * world:
+        raise UserError(
+            f"the training split has {len(datasets['train'])} examples, fewer than one batch ({cfg.batch_size} per "
+            f"device x {world} devices): lower --batch-size or give more data"
+        )
+    per_epoch = len(datasets["train"]) // (cfg.batch_size * world)
+    steps_per_epoch = max(1, per_epoch // max(1, cfg.gradient_accumulation_steps))
+    loop_cfg = dataclasses.replace(cfg, eval_every=cfg.eval_every or steps_per_epoch)
+
+    rng = torch.Generator().manual_seed(cfg.seed)
+    n_train = len(datasets["train"])
+    cap = cfg.train_accuracy_examples or n_train
+    train_subset = sorted(torch.randperm(n_train, generator=rng)[: min(cap, n_train)].tolist())
+    val_indices = list(range(len(datasets["val"])))
+
+    def extra_eval(trainer):
+        return {
+            "train_accuracy": _accuracy(trainer, datasets["train"], train_subset),
+            "val_accuracy": _accuracy(trainer, datasets["val"], val_indices),
+        }
+
+    pad_id = tokenizer.pad_token_id
+    set_seed(cfg.seed)
+    trainer = Trainer(
+        model,
+        loop_cfg,
+        out,
+        datasets["train"],
+        datasets["val"] if datasets["val"] else None,
+        collate_fn=lambda batch: pad_collate_classification(batch, pad_id),
+        loss_fn=classification_loss,
+        extra_eval=extra_eval,
+        accelerator=accelerator,
+        run_name="finetune-classifier",
+    )
+
+    # ---- the run folder -------------------------------------------------------------------------------------------
+    run_config = {
+        **dataclasses.asdict(cfg),
+        "base_model": cfg.model,
+        "labels": names,
+        "split_sizes": {n: len(splits[n]) for n in SPLIT_NAMES},
+        "max_length_used": max_length,
+        "eval_every_used": loop_cfg.eval_every,
+        "model_config": {
+            k: v
+            for k, v in model.config.to_diff_dict().items()
+            if k not in ("transformers_version", "architectures", "auto_map", "dtype")
+        },
+    }
+    if accelerator.is_main_process:
+        prepare_out_dir(out, cfg.resume, cfg.overwrite)
+        for name in SPLIT_NAMES:
+            _write_jsonl(splits_dir / f"{name}.jsonl", splits[name])
+        save_run_config(out, run_config)
+    accelerator.wait_for_everyone()
+    resume_from = latest_checkpoint(out) if cfg.resume else None
+    log(
+        f"training: {trainer.total_steps} steps ({cfg.epochs:g} epoch(s) of {steps_per_epoch}), batch {cfg.batch_size} "
+        f"x {world} devices x {trainer.accum} accumulation, lr {cfg.learning_rate:g}, evaluation every "
+        f"{loop_cfg.eval_every} steps"
+    )
+    result = trainer.fit(resume_from)
+
+    # ---- final scores ---------------------------------------------------------------------------------------------
+    final = dict(result.final)
+    final.pop("val_perplexity", None)  # exp(cross-entropy) says nothing about a classifier
+    final.update(parameters=n_params, trainable_parameters=n_trainable, trainable=cfg.trainable)
+    report = {}
+    raw = accelerator.unwrap_model(trainer.model)
+    for name in SPLIT_NAMES:
+        part = datasets[name]
+        if not part:
+            continue
+        probs = predict_ids(raw, [x["input_ids"] for x in part], pad_id, batch_size=max(cfg.batch_size, 32))
+        y_true = [x["label"] for x in part]
+        y_pred = probs.argmax(-1).tolist()
+        scores = classification_metrics(y_true, y_pred, names, prefix=f"{name}_")
+        final[f"{name}_accuracy"] = scores[f"{name}_accuracy"]
+        if name == "test":
+            final.update({k: v for k, v in scores.items() if k.startswith("test_")})
+            report = {"per_class": scores["per_class"], "confusion_matrix": scores["confusion_matrix"]}
+    if datasets["test"]:
+        final["test_loss"] = trainer.evaluate(datasets["test"])["loss"]
+    final["truncated_texts"] = n_cut
+
+    if accelerator.is_main_process:
+        log(
+            "done: "
+            + ", ".join(f"{s} accuracy {final[f'{s}_accuracy']:.4f}" for s in SPLIT_NAMES if f"{s}_accuracy" in final)
+            + (f", test F1 (macro) {final['test_f1']:.4f}" if "test_f1" in final else "")
+            + f" in {result.elapsed_s:.0f}s"
+        )
+        if report:
+            matrix = report["confusion_matrix"]["rows_true_columns_predicted"]
+            log("test confusion matrix (rows: true, columns: predicted):")
+            width = max(len(n) for n in names)
+            log("  " + " " * width + "  " + "  ".join(f"{n:>{width}}" for n in names))
+            for n, row in zip(names, matrix):
+                log(f"  {n:>{width}}  " + "  ".join(f"{v:>{width}}" for v in row))
+        plot_history(result.history, out / "plots" / "loss.png", "classifier fine-tuning: loss")
+        plot_history(
+            result.history, out / "plots" / "accuracy.png", "classifier fine-tuning: accuracy",
+            keys=("train_accuracy", "val_accuracy"),
+        )
+        tokenizer.model_max_length = context  # so that pipeline(..., truncation=True) cuts to the context
+        raw.config.pad_token_id = pad_id
+        for param in raw.parameters():
+            param.requires_grad = True
+        write_model_folder(
+            out,
+            raw,
+            tokenizer,
+            metrics={
+                "final": final,
+                "history": result.history,
+                "labels": names,
+                "metrics_backend": "scikit-learn (the evaluate library's metric scripts need the Hub)",
+                **report,
+            },
+            run_config=run_config,
+            workflow="finetune-classifier",
+        )
+        log(f"run folder: {out} (pipeline('text-classification', model=folder, trust_remote_code=True))")
+    accelerator.wait_for_everyone()
+    return 0
+
+
+# ======================================================================================================================
+# classify
+# ======================================================================================================================
+
+
+def load_classifier(model_dir: str, flag: str = "--model"):
+    """The classifier (eval mode) and tokenizer of a folder written by finetune-classifier."""
+    from transformers import AutoModelForSequenceClassification
+
+    from .generate import check_model_folder
+
+    folder = check_model_folder(model_dir)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{flag} {folder}: config.json is not valid JSON ({exc})") from None
+    if not any("SequenceClassification" in str(a) for a in config.get("architectures") or []):
+        raise UserError(
+            f"{flag} {folder} is not a classifier ({', '.join(config.get('architectures') or ['no architecture'])}): "
+            "fine-tune one with `gpt-scratch finetune-classifier`"
+        )
+    tokenizer = _load_tokenizer(str(folder))
+    try:
+        with quiet_loading():
+            model = AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{flag} {folder}: cannot load the classifier ({exc})") from None
+    model.eval()
+    return model, tokenizer
+
+
+def classify_texts(model, tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 0):
+    """``[(label, score), ...]`` for each text: the most probable label and its probability."""
+    context = model.config.max_position_embeddings
+    ids, _ = encode_texts(tokenizer, texts, min(max_length or context, context))
+    for i, row in enumerate(ids):
+        if not row:
+            raise UserError(f"text {i + 1} is empty: give some text to classify")
+    probs = predict_ids(model, ids, tokenizer.pad_token_id, batch_size=batch_size)
+    scores, best = probs.max(-1)
+    return [(model.config.id2label[int(b)], float(s)) for b, s in zip(best, scores)]
+
+
+def add_classify_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="classifier folder (the --out of finetune-classifier)")
+    parser.add_argument("texts", nargs="+", metavar="TEXT", help="texts to classify ('-': read one per line from stdin)")
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
+    parser.add_argument("--max-length", type=int, default=0, help="truncate to N tokens (default: the context)")
+
+
+def classify_main(args) -> int:
+    texts = []
+    for text in args.texts:
+        if text == "-":
+            texts.extend(line for line in sys.stdin.read().splitlines() if line.strip())
+        else:
+            texts.append(text)
+    if not texts:
+        raise UserError("no text to classify: pass one or more TEXT arguments")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size} must be at least 1")
+    model, tokenizer = load_classifier(args.model)
+    for label, score in classify_texts(model, tokenizer, texts, args.batch_size, args.max_length):
+        print(f"{label}\t{score:.4f}")
+    return 0

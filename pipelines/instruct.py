@@ -1,0 +1,535 @@
+"""``gpt-scratch finetune-instruct`` and ``gpt-scratch respond``: instruction fine-tuning (the book's chapter 7).
+
+``finetune-instruct`` teaches a base causal LM to follow instructions from Alpaca-style records
+(``{"instruction", "input" (optional), "output"}``, Taori et al., 2023, "Stanford Alpaca"):
+
+1. read the records (JSON list, JSON Lines or a Hub dataset such as ``tatsu-lab/alpaca``) and cut them by seed into
+   85 % train, 5 % validation and 10 % test; the three splits are saved in the run folder (``splits/*.json``);
+2. render each record in the Alpaca template (``pipelines.prompts.format_alpaca``) and tokenise it once, remembering
+   how many tokens belong to the prompt (instruction, input and the ``### Response:`` header);
+3. batch with the book's collate (``pipelines.data.instruction_collate``): one end-of-text is appended so the model
+   learns to stop, padding targets after it are ignored, and with ``--mask-prompt`` the prompt's targets are
+   ignored too, so only the response is learned; sequences are cut to ``--max-length`` (default: the context);
+4. run the shared training loop (``pipelines.train_loop.Trainer``) with the next-token loss of pretraining
+   (``pipelines.pretrain.lm_loss``); at each evaluation (about every quarter epoch) the validation loss is measured
+   and answers to a few validation instructions are generated greedily (no randomness, so the global RNG and with it
+   a resumed run stay untouched);
+5. write the run folder: a loadable model folder whose tokenizer carries the Alpaca chat template (so
+   ``tokenizer.apply_chat_template`` renders the same prompt) and whose ``generation_config.json`` decodes greedily
+   and stops at end-of-text; ``metrics.json`` holds the initial and final validation loss and the test loss.
+
+``respond`` answers every record of a file with a fine-tuned model and writes the book's
+``instruction-data-with-response.json`` shape: each record plus ``model_response``.  Prompts are batched with left
+padding (so every row's last prompt token sits at the same position and generation continues all rows together)
+and decoded greedily until end-of-text.
+
+The book's fine-tuning settings are the defaults: AdamW, learning rate 5e-5, weight decay 0.1, 2 epochs of batches
+of 8, a constant learning rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import config as config_schema
+from .errors import UserError
+from .fsutil import atomic_write_json
+from .train_loop import TrainConfig, Trainer, latest_checkpoint, plot_history
+
+SPLIT_FRACTIONS = (0.85, 0.05, 0.10)  # train / validation / test, as in the book
+DEFAULT_MAX_NEW_TOKENS = 256  # the book's answer length; always capped by what fits in the context
+RESPONSE_MARKER = "### Response:"
+
+
+@dataclass
+class InstructConfig(TrainConfig):
+    """An instruction fine-tune: the loop's settings (with the book's chapter-7 defaults) plus data and model."""
+
+    model: str | None = field(default=None, metadata={"help": "base model folder (a causal LM run folder)"})
+    data: str | None = field(
+        default=None, metadata={"help": "instruction records: JSON list, JSONL, or a Hub dataset id"}
+    )
+    out: str | None = field(default=None, metadata={"help": "run folder (a loadable model folder at the end)"})
+    mask_prompt: bool = field(
+        default=False, metadata={"help": "learn only the response: ignore the targets of the prompt tokens"}
+    )
+    max_length: int = field(default=0, metadata={"help": "cut training sequences to N tokens (0: the model's context)"})
+    val_fraction: float = field(default=SPLIT_FRACTIONS[1], metadata={"help": "share of records for validation"})
+    test_fraction: float = field(default=SPLIT_FRACTIONS[2], metadata={"help": "share of records for the test split"})
+    sample_count: int = field(default=3, metadata={"help": "validation instructions answered at each evaluation"})
+    sample_tokens: int = field(default=48, metadata={"help": "tokens per sample answer"})
+    max_new_tokens: int = field(
+        default=0, metadata={"help": "answer length saved in generation_config.json (0: min(256, context / 2))"}
+    )
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --out"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
+    # the book's chapter-7 settings in place of the pretraining defaults
+    seed: int = field(default=123, metadata={"help": "seed for the split, data order and dropout"})
+    epochs: float = field(default=2.0, metadata={"help": "passes over the training split (0: use max_steps)"})
+    batch_size: int = field(default=8, metadata={"help": "micro-batch size per device"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay, on matrices only"})
+    lr_schedule: str = field(
+        default="constant", metadata={"choices": ["cosine", "constant"], "help": "after warmup"}
+    )
+    adam_beta2: float = 0.999
+    eval_every: int = field(
+        default=-1, metadata={"help": "evaluate every N steps (-1: about every quarter epoch; 0: only at the end)"}
+    )
+    log_every: int = field(default=5, metadata={"help": "log every N steps"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def split_instructions(records: list[dict], seed: int, val_fraction=SPLIT_FRACTIONS[1], test_fraction=SPLIT_FRACTIONS[2]):
+    """``{"train", "val", "test"}`` record lists, shuffled by ``seed`` (1100 records -> 935 / 55 / 110)."""
+    from .data import split_records
+
+    if val_fraction <= 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise UserError("val_fraction must be > 0, test_fraction >= 0, and together below 1")
+    return split_records(records, (1 - val_fraction - test_fraction, val_fraction, test_fraction), seed=seed)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def encode_records(records: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
+    """Tokenise each record in the Alpaca template: ``({"input_ids", "prompt_len"} items, number truncated)``.
+
+    The whole text (prompt + response) is tokenised at once; ``prompt_len`` is how many of its leading tokens
+    render the prompt (the tokens it shares with the prompt tokenised alone).  Items longer than ``max_length``
+    keep ``max_length + 1`` tokens, which the collate turns into ``max_length`` inputs and targets.
+    """
+    from .prompts import format_alpaca
+
+    if not records:
+        return [], 0
+    full = tokenizer([format_alpaca(r, with_response=True) for r in records], add_special_tokens=False)["input_ids"]
+    prompts = tokenizer([format_alpaca(r) for r in records], add_special_tokens=False)["input_ids"]
+    items, truncated = [], 0
+    for ids, prompt_ids in zip(full, prompts):
+        prompt_len = _common_prefix(ids, prompt_ids)
+        if len(ids) > max_length:
+            truncated += 1
+            ids = ids[: max_length + 1]
+        items.append({"input_ids": list(ids), "prompt_len": min(prompt_len, len(ids))})
+    return items, truncated
+
+
+def make_collate(tokenizer, mask_prompt: bool, max_length: int):
+    """The book's chapter-7 collate bound to this run: end-of-text as padding, optional prompt masking, cut."""
+    from .data import instruction_collate
+
+    return functools.partial(
+        instruction_collate, pad_id=tokenizer.eos_token_id, mask_prompt=mask_prompt, max_length=max_length
+    )
+
+
+def prepare_data(cfg: InstructConfig, tokenizer, splits: dict, max_length: int, log=print):
+    """Tokenised train/val/test items and the collate function, exactly as the fine-tune uses them."""
+    datasets, dropped, truncated = {}, 0, 0
+    for name, records in splits.items():
+        items, cut = encode_records(records, tokenizer, max_length)
+        truncated += cut
+        if cfg.mask_prompt:
+            # a prompt that overfills the window leaves no response target: nothing to learn or measure
+            kept = [item for item in items if item["prompt_len"] <= max_length]
+            dropped += len(items) - len(kept)
+            items = kept
+        datasets[name] = items
+    if truncated:
+        log(f"{truncated} record(s) longer than {max_length} tokens were cut to fit (--max-length)")
+    if dropped:
+        log(f"{dropped} record(s) whose prompt alone is longer than {max_length} tokens were left out (--mask-prompt)")
+    return datasets, make_collate(tokenizer, cfg.mask_prompt, max_length), {"truncated": truncated, "dropped": dropped}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# generation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def extract_response(text: str) -> str:
+    """The answer in a generated continuation of an Alpaca prompt.
+
+    The prompt ends with ``### Response:``, so the continuation is the answer; a repeated header at its start is
+    dropped (as in the book), and anything from a new Alpaca block on (a model that runs on past its answer) is cut.
+    """
+    from .prompts import ALPACA_STOP_STRINGS
+
+    text = text.lstrip()
+    if text.startswith(RESPONSE_MARKER):
+        text = text[len(RESPONSE_MARKER) :]
+    cut = [i for i in (text.find(stop) for stop in ALPACA_STOP_STRINGS) if i >= 0]
+    if cut:
+        text = text[: min(cut)]
+    return text.strip()
+
+
+@torch.no_grad()
+def generate_responses(
+    model, tokenizer, records: list[dict], *, batch_size: int = 8, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy answers for ``records`` (in their order), batched with left padding and stopped at end-of-text.
+
+    Records are batched by prompt length (less padding) and the answers put back in order.  A prompt longer than the
+    context keeps its last ``context - 1`` tokens (the ``### Response:`` header must stay).  Each batch generates at
+    most ``max_new_tokens``, fewer when its longest prompt leaves less room in the context.
+    """
+    from .prompts import format_alpaca
+
+    model = getattr(model, "module", model)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    context = model.config.max_position_embeddings
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if pad is None:
+        pad = eos
+    prompts = tokenizer([format_alpaca(r) for r in records], add_special_tokens=False)["input_ids"] if records else []
+    too_long = sum(len(ids) >= context for ids in prompts)
+    if too_long and progress:
+        import sys
+
+        print(f"note: {too_long} prompt(s) longer than the context ({context} tokens) keep only their last "
+              f"{context - 1} tokens", file=sys.stderr)
+    prompts = [ids[-(context - 1) :] if len(ids) >= context else ids for ids in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: list[str | None] = [None] * len(prompts)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(prompts), desc="respond", unit="record", dynamic_ncols=True)
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(order), max(1, batch_size)):
+            chunk = order[start : start + max(1, batch_size)]
+            batch = tokenizer.pad({"input_ids": [prompts[i] for i in chunk]}, padding=True, return_tensors="pt")
+            input_ids = batch["input_ids"].to(device)
+            attention_mask = batch["attention_mask"].to(device)
+            width = input_ids.shape[1]
+            new_tokens = max(1, min(max_new_tokens, context - width))
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_k=None,
+                top_p=None,
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
+            for row, index in enumerate(chunk):
+                text = tokenizer.decode(output[row, width:], skip_special_tokens=True)
+                answers[index] = extract_response(text)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        tokenizer.padding_side = old_side
+        if bar is not None:
+            bar.close()
+        if was_training:
+            model.train()
+    return answers  # type: ignore[return-value]
+
+
+def default_max_new_tokens(context: int) -> int:
+    return max(1, min(DEFAULT_MAX_NEW_TOKENS, context // 2))
+
+
+def instruct_generation_config(tokenizer, context: int, max_new_tokens: int = 0):
+    """Greedy decoding that stops at end-of-text, with an answer length that fits the context."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens or default_max_new_tokens(context),
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# finetune-instruct
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def add_finetune_arguments(parser) -> None:
+    parser.add_argument("--config", help="YAML file of settings (any key below); flags given here win")
+    config_schema.add_schema_arguments(parser, InstructConfig, "instruction fine-tuning settings (each is also a YAML key)")
+
+
+def resolve_config(args) -> InstructConfig:
+    cfg = config_schema.resolve(InstructConfig, args, getattr(args, "config", None))
+    missing = [flag for flag, value in (("--model", cfg.model), ("--data", cfg.data), ("--out", cfg.out)) if not value]
+    if missing:
+        raise UserError(
+            f"missing {', '.join(missing)}: finetune-instruct needs --model DIR (a base model), --data PATH_OR_HUB_ID "
+            "(instruction records) and --out DIR"
+        )
+    if cfg.max_length < 0:
+        raise UserError(f"--max-length {cfg.max_length} is negative: give a token count, or 0 for the model's context")
+    if cfg.sample_count < 0 or cfg.sample_tokens < 1:
+        raise UserError("--sample-count must be >= 0 and --sample-tokens >= 1")
+    return cfg
+
+
+def load_base_model(model_dir: str):
+    """The base causal LM and its tokenizer (pad = end-of-text) from a model folder."""
+    from modeling_gpt_scratch import GPTScratchForCausalLM
+    from modeling_gpt_scratch.tokenization import load_tokenizer
+
+    from .generate import check_model_folder
+
+    folder = check_model_folder(model_dir)
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--model {folder}: config.json cannot be read ({exc})") from None
+    if model_type != "gpt_scratch":
+        raise UserError(
+            f"--model {folder} holds a '{model_type}' model, not gpt_scratch: import it first with "
+            "`gpt-scratch convert --from hf-gpt2 --src ... --out DIR`"
+        )
+    tokenizer = load_tokenizer(str(folder))
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"the tokenizer in {folder} has no end-of-text (eos) token, which marks the end of an answer")
+    try:
+        model = GPTScratchForCausalLM.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the model in {folder}: {exc}") from None
+    return model, tokenizer
+
+
+def save_splits(out: Path, splits: dict, resume: bool) -> None:
+    """``splits/{train,val,test}.json`` in the book's record shape; a resumed run must see the same splits."""
+    folder = out / "splits"
+    for name, records in splits.items():
+        path = folder / f"{name}.json"
+        if resume and path.is_file():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved != records:
+                raise UserError(
+                    f"--resume: the {name} split of --data differs from {path} (the data or the seed changed): "
+                    "resume with the same --data and --seed, or start a new run"
+                )
+        atomic_write_json(path, records)
+
+
+def finetune_main(args) -> int:
+    return finetune(resolve_config(args))
+
+
+def finetune(cfg: InstructConfig) -> int:
+    from accelerate.utils import set_seed
+
+    from .data import read_instructions
+    from .generate import check_model_folder
+    from .pretrain import lm_loss
+    from .prompts import ALPACA_CHAT_TEMPLATE, format_alpaca
+    from .runfolder import prepare_out_dir, save_run_config, write_model_folder
+    from .train_loop import make_accelerator
+
+    out = Path(cfg.out)
+    # everything a user can get wrong is checked before anything is written (or removed)
+    if cfg.resume and latest_checkpoint(out) is None or (
+        not cfg.resume and not cfg.overwrite and out.is_dir() and any(out.iterdir())
+    ):
+        prepare_out_dir(out, cfg.resume, cfg.overwrite)  # raises the one-line error for this case, touching nothing
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a folder for the run")
+    check_model_folder(cfg.model)
+    records = read_instructions(cfg.data)
+    splits = split_instructions(records, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+    model, tokenizer = load_base_model(cfg.model)
+    context = model.config.max_position_embeddings
+    max_length = cfg.max_length or context
+    if max_length > context:
+        raise UserError(f"--max-length {max_length} exceeds the model's context of {context} tokens")
+
+    accelerator = make_accelerator(cfg, out)
+    datasets, collate, data_stats = prepare_data(cfg, tokenizer, splits, max_length, log=accelerator.print)
+    if not datasets["val"]:
+        raise UserError("the validation split has no usable records: give more data or raise --max-length")
+    world = accelerator.num_processes
+    if len(datasets["train"]) < cfg.batch_size * world:
+        raise UserError(
+            f"the training split has {len(datasets['train'])} usable records, fewer than one batch "
+            f"({cfg.batch_size} per device x {world} devices): lower --batch-size or give more data"
+        )
+
+    if accelerator.is_main_process:
+        prepare_out_dir(out, cfg.resume, cfg.overwrite)
+        save_splits(out, splits, cfg.resume)
+    accelerator.wait_for_everyone()
+    resume_from = latest_checkpoint(out) if cfg.resume else None
+    set_seed(cfg.seed)
+
+    per_epoch = len(datasets["train"]) // (cfg.batch_size * world)
+    steps_per_epoch = per_epoch / max(1, cfg.gradient_accumulation_steps)
+    if cfg.eval_every < 0:
+        cfg = dataclasses.replace(cfg, eval_every=max(1, round(steps_per_epoch / 4)))
+
+    run_config = {
+        **dataclasses.asdict(cfg),
+        "base_model": cfg.model,
+        "max_length": max_length,
+        "records": {name: len(part) for name, part in splits.items()},
+        "model_config": model.config.to_diff_dict(),
+        **data_stats,
+    }
+    run_config["model_config"].pop("transformers_version", None)
+    if accelerator.is_main_process:
+        save_run_config(out, run_config)
+
+    sample_records = splits["val"][: cfg.sample_count]
+    samples: list[dict] = []
+
+    def on_eval(trainer, record):
+        if not sample_records:
+            return
+        answers = generate_responses(
+            accelerator.unwrap_model(trainer.model), tokenizer, sample_records,
+            batch_size=len(sample_records), max_new_tokens=cfg.sample_tokens,
+        )
+        for rec, answer in zip(sample_records, answers):
+            # "prompt" + "text" is the shape every workflow's samples share (the report card shows them)
+            samples.append({"step": record["step"], "instruction": rec["instruction"], "input": rec["input"],
+                            "prompt": format_alpaca(rec), "text": answer})
+            trainer.log(f"sample @ step {record['step']}: {rec['instruction'][:60]!r} -> {answer[:120]!r}")
+
+    n_params = sum(p.numel() for p in model.parameters())
+    accelerator.print(
+        f"base model {cfg.model}: {n_params / 1e6:.2f}M parameters, context {context}; records "
+        f"train {len(datasets['train'])} / val {len(datasets['val'])} / test {len(datasets['test'])}; "
+        f"max length {max_length}; {'response-only' if cfg.mask_prompt else 'prompt and response'} targets"
+    )
+    trainer = Trainer(
+        model,
+        cfg,
+        out,
+        datasets["train"],
+        datasets["val"],
+        collate_fn=collate,
+        loss_fn=lm_loss,
+        on_eval=on_eval,
+        accelerator=accelerator,
+        run_name="finetune-instruct",
+    )
+    accelerator.print(
+        f"{trainer.total_steps} steps of {trainer.global_batch} records (learning rate {cfg.learning_rate:g}); "
+        f"evaluating every {cfg.eval_every or trainer.total_steps} steps"
+    )
+    result = trainer.fit(resume_from)
+    final = dict(result.final)
+    if datasets["test"]:
+        test = trainer.evaluate(datasets["test"])
+        final.update(test_loss=test["loss"], test_perplexity=test["perplexity"])
+    final.update(parameters=n_params, train_records=len(datasets["train"]), val_records=len(datasets["val"]),
+                 test_records=len(datasets["test"]))
+    if accelerator.is_main_process:
+        accelerator.print(
+            f"done: val loss {final.get('initial_val_loss', math.nan):.4f} -> {final.get('val_loss', math.nan):.4f}, "
+            f"test loss {final.get('test_loss', math.nan):.4f} in {result.elapsed_s:.0f}s"
+        )
+        plot_history(result.history, out / "plots" / "loss.png", "instruction fine-tuning loss")
+        tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
+        write_model_folder(
+            out,
+            accelerator.unwrap_model(trainer.model),
+            tokenizer,
+            metrics={"final": final, "history": result.history},
+            run_config=run_config,
+            workflow="finetune-instruct",
+            generation_config=instruct_generation_config(tokenizer, context, cfg.max_new_tokens),
+            samples=samples,
+        )
+        accelerator.print(
+            f"run folder: {out} (test split: {out / 'splits' / 'test.json'}; answer it with "
+            f"`gpt-scratch respond --model {out} --data {out / 'splits' / 'test.json'} --out responses.json`)"
+        )
+    accelerator.wait_for_everyone()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# respond
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def add_respond_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="instruction-tuned model folder (the --out of finetune-instruct)")
+    parser.add_argument("--data", required=True, help="instruction records to answer (JSON list or JSONL)")
+    parser.add_argument("--out", required=True, help="JSON file to write: each record plus 'model_response'")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None,
+        help="longest answer in tokens (default: the model's generation config, else 256; capped by the context)",
+    )
+
+
+def respond_main(args) -> int:
+    from .data import read_instructions
+    from .fsutil import atomic_write_text
+    from .generate import load_model_and_tokenizer
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size} must be at least 1")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give the path of the JSON file to write")
+    records = read_instructions(args.data)
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"the tokenizer in {args.model} has no end-of-text (eos) token to stop answers at")
+    if torch.cuda.is_available():
+        model.to("cuda")
+    max_new = args.max_new_tokens or getattr(model.generation_config, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS
+    answers = generate_responses(
+        model, tokenizer, records, batch_size=args.batch_size, max_new_tokens=max_new, progress=True
+    )
+    results = [{**record, "model_response": answer} for record, answer in zip(records, answers)]
+    atomic_write_text(out, json.dumps(results, indent=4, ensure_ascii=False) + "\n")
+    print(f"wrote {len(results)} responses to {out}")
+    return 0
+
+
+__all__ = [
+    "InstructConfig",
+    "add_finetune_arguments",
+    "finetune_main",
+    "finetune",
+    "add_respond_arguments",
+    "respond_main",
+    "split_instructions",
+    "encode_records",
+    "make_collate",
+    "prepare_data",
+    "generate_responses",
+    "extract_response",
+    "instruct_generation_config",
+]
