@@ -214,7 +214,9 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         for block in self.blocks:
             if all_hidden is not None:
                 all_hidden.append(x)
-            x = block(x, attn_mask, past_key_values)
+            # the cache goes by keyword: under activation checkpointing the layer wrapper drops it (a recompute in
+            # backward would otherwise append the keys/values a second time)
+            x = block(x, attn_mask, past_key_values=past_key_values)
         x = self.final_norm(x)
         if all_hidden is not None:
             all_hidden.append(x)

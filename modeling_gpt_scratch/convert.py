@@ -1,0 +1,684 @@
+"""Import GPT-2 weights into a GPTScratch folder.
+
+Two sources:
+
+* ``convert_hf_gpt2`` -- a Hugging Face ``gpt2`` checkpoint (``GPT2LMHeadModel``, e.g. ``openai-community/gpt2``), a
+  local folder or a Hub id.  Its linear layers are ``Conv1D`` modules that store weights as (in, out); ours are
+  ``nn.Linear`` with (out, in), so those weights are transposed.
+* ``convert_book`` -- a state dict of the book's ``GPTModel`` (*Build a Large Language Model (From Scratch)*,
+  chapter 4), saved with ``torch.save`` (``.pth``) or as ``.safetensors``.  Its separate query/key/value projections
+  are concatenated into our fused ``qkv_proj``.
+
+Either way the result is a folder that ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` opens:
+``config.json`` (with ``auto_map``), ``model.safetensors``, the two code files, ``generation_config.json`` and, when the
+source has one, the tokenizer.  The folder appears atomically (written under a temporary name, then renamed).
+
+Every tensor is mapped by name, and the conversion fails -- naming the keys -- unless every parameter of the target
+model was filled exactly once from a tensor of the right shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from pipelines.errors import UserError
+
+from .configuration_gpt_scratch import PRESETS, GPTScratchConfig
+
+# ----------------------------------------------------------------------------------------------------------------
+# shared helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def check_out_dir(out_dir, overwrite: bool, src=None) -> Path:
+    """Refuse an output folder that exists with content (unless ``overwrite``) or that is the source itself."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is a file, not a folder: choose another --out path")
+    if src is not None and out.exists() and Path(src).exists() and out.resolve() == Path(src).resolve():
+        raise UserError(f"--out {out} is the source folder itself: write the converted model to another folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(
+            f"output folder {out} already exists and is not empty: choose another --out, or pass --overwrite to "
+            "replace it"
+        )
+    return out
+
+
+def _load_tensor_file(path: Path) -> dict:
+    """One weights file: ``.safetensors``, or a pickle read with ``weights_only=True`` (never runs code)."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"cannot read {path} as safetensors ({err}): is the file complete?") from err
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # a corrupt pickle raises many different types
+        raise UserError(
+            f"cannot read {path} with torch.load(weights_only=True) ({type(err).__name__}: {err}): it must hold a "
+            "plain state dict of tensors"
+        ) from err
+    if isinstance(obj, dict) and "model_state_dict" in obj and isinstance(obj["model_state_dict"], dict):
+        obj = obj["model_state_dict"]  # the book's checkpoint with optimizer state
+    elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(
+            f"{path} does not hold a state dict (name -> tensor), nor a dict with 'model_state_dict': save the "
+            "model with torch.save(model.state_dict(), path)"
+        )
+    return obj
+
+
+def _strip_prefixes(state: dict) -> dict:
+    """Drop wrappers' prefixes: ``torch.compile`` (``_orig_mod.``) and DDP (``module.``)."""
+    out = {}
+    for key, value in state.items():
+        for prefix in ("_orig_mod.", "module."):
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def _describe_mismatch(missing, unexpected, shape_errors, limit: int = 3) -> str:
+    parts = []
+    if missing:
+        more = f" and {len(missing) - limit} more" if len(missing) > limit else ""
+        parts.append(f"missing {', '.join(missing[:limit])}{more}")
+    if unexpected:
+        more = f" and {len(unexpected) - limit} more" if len(unexpected) > limit else ""
+        parts.append(f"unexpected {', '.join(unexpected[:limit])}{more}")
+    if shape_errors:
+        more = f" and {len(shape_errors) - limit} more" if len(shape_errors) > limit else ""
+        parts.append(f"shape mismatch {'; '.join(shape_errors[:limit])}{more}")
+    return "; ".join(parts)
+
+
+def build_model(config: GPTScratchConfig, state: dict, source: str, hint: str = ""):
+    """A ``GPTScratchForCausalLM`` whose every parameter comes from ``state`` (our names).
+
+    The model is created on the meta device (no random initialisation) and the tensors are assigned; any target
+    parameter left unfilled, any key left over, or any shape that differs is a ``UserError`` naming them.
+    ``lm_head.weight`` may be absent when the config ties it to the token embedding.
+    """
+    from .modeling_gpt_scratch import GPTScratchForCausalLM
+
+    with torch.device("meta"):
+        model = GPTScratchForCausalLM(config)
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    tied = bool(config.tie_word_embeddings)
+    if tied:
+        expected.pop("lm_head.weight", None)
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shape_errors = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs config {expected[k]}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != expected[k]
+    ]
+    if missing or unexpected or shape_errors:
+        raise UserError(
+            f"the weights of {source} do not fit the model config "
+            f"(hidden_size={config.hidden_size}, num_hidden_layers={config.num_hidden_layers}, "
+            f"vocab_size={config.vocab_size}, max_position_embeddings={config.max_position_embeddings}): "
+            f"{_describe_mismatch(missing, unexpected, shape_errors)}{hint}"
+        )
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    model.load_state_dict(state, strict=not tied, assign=True)
+    if tied:
+        model.lm_head.weight = model.transformer.tok_emb.weight
+    leftover = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:  # cannot happen when the checks above pass; a guard against silent random weights
+        raise RuntimeError(f"parameters left unfilled after conversion: {', '.join(leftover)}")
+    model.config.dtype = dtype
+    model.eval()
+    return model
+
+
+def make_generation_config(config: GPTScratchConfig, pad_token_id=None, max_new_tokens: int | None = None):
+    """Generation defaults for a saved folder: stop at end-of-text, and never run past the learned positions.
+
+    ``max_new_tokens`` defaults to a quarter of the context (at most 256), so a prompt of up to three quarters of the
+    context still fits (``pipeline("text-generation")`` would otherwise ask for 256 new tokens).
+    """
+    from transformers import GenerationConfig
+
+    if max_new_tokens is None:
+        max_new_tokens = max(1, min(256, config.max_position_embeddings // 4))
+    pad = pad_token_id if pad_token_id is not None else config.pad_token_id
+    if pad is None:
+        pad = config.eos_token_id
+    return GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=pad,
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        top_k=50,
+    )
+
+
+def _prepare_tokenizer(tokenizer):
+    """GPT-2 has no padding token: pad with end-of-text, so pipelines and batches work."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def save_converted(model, out_dir, overwrite: bool, tokenizer=None) -> Path:
+    """Write ``model`` (+ tokenizer + generation config) into ``out_dir`` atomically."""
+    from pipelines.fsutil import atomic_dir
+
+    from .tokenization import strip_local_files_only
+
+    out = check_out_dir(out_dir, overwrite)
+    if tokenizer is not None:
+        _prepare_tokenizer(tokenizer)
+        if tokenizer.pad_token_id is not None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        if len(tokenizer) > model.config.vocab_size:
+            raise UserError(
+                f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size} embeddings: "
+                "the checkpoint and its tokenizer do not belong together"
+            )
+    model.generation_config = make_generation_config(model.config)
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+            strip_local_files_only(tmp)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hugging Face gpt2 checkpoints
+# ----------------------------------------------------------------------------------------------------------------
+
+# HF gpt2 name (after the "transformer." prefix) -> our name (after "transformer."); "transpose" marks Conv1D weights.
+_HF_BLOCK_MAP = {
+    "ln_1.weight": ("norm1.weight", False),
+    "ln_1.bias": ("norm1.bias", False),
+    "attn.c_attn.weight": ("att.qkv_proj.weight", True),
+    "attn.c_attn.bias": ("att.qkv_proj.bias", False),
+    "attn.c_proj.weight": ("att.out_proj.weight", True),
+    "attn.c_proj.bias": ("att.out_proj.bias", False),
+    "ln_2.weight": ("norm2.weight", False),
+    "ln_2.bias": ("norm2.bias", False),
+    "mlp.c_fc.weight": ("ff.fc_in.weight", True),
+    "mlp.c_fc.bias": ("ff.fc_in.bias", False),
+    "mlp.c_proj.weight": ("ff.fc_out.weight", True),
+    "mlp.c_proj.bias": ("ff.fc_out.bias", False),
+}
+_HF_TOP_MAP = {
+    "wte.weight": "transformer.tok_emb.weight",
+    "wpe.weight": "transformer.pos_emb.weight",
+    "ln_f.weight": "transformer.final_norm.weight",
+    "ln_f.bias": "transformer.final_norm.bias",
+}
+# Non-parameter buffers that old gpt2 checkpoints store (the causal mask): no counterpart, dropped.
+_HF_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+
+
+def map_hf_gpt2_state_dict(state: dict) -> tuple[dict, list[str]]:
+    """Rename (and transpose) an HF gpt2 state dict into ours; returns (mapped, keys that have no counterpart)."""
+    mapped, unknown = {}, []
+    for key, tensor in _strip_prefixes(state).items():
+        if key == "lm_head.weight":
+            mapped[key] = tensor
+            continue
+        name = key[len("transformer.") :] if key.startswith("transformer.") else key
+        if name in _HF_TOP_MAP:
+            mapped[_HF_TOP_MAP[name]] = tensor
+            continue
+        if _HF_BUFFERS.match(name):
+            continue
+        match = re.match(r"^h\.(\d+)\.(.+)$", name)
+        if match and match.group(2) in _HF_BLOCK_MAP:
+            ours, transpose = _HF_BLOCK_MAP[match.group(2)]
+            if transpose and tensor.dim() != 2:
+                raise UserError(f"{key} should be a 2-D Conv1D weight but has shape {tuple(tensor.shape)}")
+            mapped[f"transformer.blocks.{match.group(1)}.{ours}"] = tensor.t().contiguous() if transpose else tensor
+            continue
+        unknown.append(key)
+    return mapped, unknown
+
+
+def config_from_hf_gpt2(hf: dict, source: str) -> GPTScratchConfig:
+    """Our config from an HF gpt2 ``config.json`` dict; refuses variants our architecture does not compute."""
+    if hf.get("model_type") != "gpt2":
+        raise UserError(
+            f"{source} is a '{hf.get('model_type')}' checkpoint, not 'gpt2': --from hf-gpt2 converts only "
+            "GPT2LMHeadModel checkpoints such as openai-community/gpt2"
+        )
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise UserError(
+            f"{source} uses activation_function='{act}', but this model computes GELU with the tanh approximation "
+            "(gelu_new): the logits would differ, so the checkpoint cannot be converted"
+        )
+    unsupported = {
+        "scale_attn_by_inverse_layer_idx": True,
+        "scale_attn_weights": False,
+        "add_cross_attention": True,
+    }
+    for name, bad in unsupported.items():
+        if hf.get(name) == bad:
+            raise UserError(f"{source} sets {name}={bad}, which this architecture does not compute: cannot convert")
+    for name in ("n_embd", "n_layer", "n_head", "n_positions", "vocab_size"):
+        if name not in hf:
+            raise UserError(f"{source}/config.json has no '{name}': is it a complete gpt2 config?")
+    try:
+        return GPTScratchConfig(
+            vocab_size=hf["vocab_size"],
+            max_position_embeddings=hf["n_positions"],
+            hidden_size=hf["n_embd"],
+            num_hidden_layers=hf["n_layer"],
+            num_attention_heads=hf["n_head"],
+            intermediate_size=hf.get("n_inner"),
+            hidden_dropout=hf.get("resid_pdrop", 0.1),
+            attention_dropout=hf.get("attn_pdrop", 0.1),
+            qkv_bias=True,
+            tie_word_embeddings=hf.get("tie_word_embeddings", True),
+            layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+            initializer_range=hf.get("initializer_range", 0.02),
+            bos_token_id=hf.get("bos_token_id", 50256),
+            eos_token_id=hf.get("eos_token_id", 50256),
+            pad_token_id=hf.get("pad_token_id"),
+        )
+    except ValueError as err:
+        raise UserError(f"{source}/config.json: {err}") from err
+
+
+def resolve_source(src: str) -> Path:
+    """A local folder, or a Hub id downloaded with ``snapshot_download`` (config, weights, tokenizer only)."""
+    path = Path(src).expanduser()
+    if path.exists():
+        return path
+    if not _HUB_ID.match(str(src)) or str(src).startswith((".", "~")):
+        raise UserError(
+            f"--src {src} does not exist: pass an existing folder or a Hub id such as openai-community/gpt2"
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]
+    try:
+        folder = Path(snapshot_download(src, allow_patterns=patterns))
+        if not any((folder / name).exists() for name in WEIGHT_FILES):
+            folder = Path(snapshot_download(src, allow_patterns=patterns + ["pytorch_model*.bin"]))
+    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as err:
+        raise UserError(f"--src {src}: no accessible Hub repository of that name ({type(err).__name__})") from err
+    except Exception as err:  # offline mode, no connection, timeouts: all mean "no network"
+        raise UserError(
+            f"--src {src} is not a local folder and downloading it from the Hugging Face Hub failed "
+            f"({type(err).__name__}{', HF_HUB_OFFLINE is set' if _offline() else ''}): the download needs the "
+            "network; pass a local folder that holds the checkpoint instead"
+        ) from err
+    return folder
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_hf_weights(folder: Path) -> dict:
+    """All tensors of an HF checkpoint folder: safetensors first, else pytorch_model.bin; sharded or not."""
+    formats = (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    )
+    for single, index in formats:
+        if (folder / single).is_file():
+            return _load_tensor_file(folder / single)
+        if (folder / index).is_file():
+            try:
+                shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+            except (ValueError, KeyError) as err:
+                raise UserError(f"{folder / index} is not a valid weight index (no 'weight_map')") from err
+            state = {}
+            for shard in shards:
+                if not (folder / shard).is_file():
+                    raise UserError(f"{folder / index} lists the shard {shard}, which is missing from {folder}")
+                state.update(_load_tensor_file(folder / shard))
+            return state
+    raise UserError(
+        f"{folder} has no weights: expected model.safetensors or pytorch_model.bin (or a sharded index), "
+        f"found {', '.join(sorted(p.name for p in folder.iterdir())) or 'nothing'}"
+    )
+
+
+def convert_hf_gpt2(src: str, out_dir, overwrite: bool = False) -> Path:
+    """Convert a Hugging Face ``gpt2`` checkpoint (local folder or Hub id) into a GPTScratch folder.
+
+    The config is read from the checkpoint's ``config.json``; every tensor is mapped by name (``Conv1D`` weights
+    transposed); the tokenizer, if the source has one, is copied with pad = end-of-text.  Returns the output folder.
+    """
+    out = check_out_dir(out_dir, overwrite, src=src)
+    folder = resolve_source(str(src))
+    if not folder.is_dir():
+        raise UserError(f"--src {folder} is a file: pass the folder that holds config.json and the weights")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} has no config.json: pass the folder of an HF gpt2 checkpoint (save_pretrained)")
+    try:
+        hf_config = json.loads((folder / "config.json").read_text())
+    except ValueError as err:
+        raise UserError(f"{folder}/config.json is not valid JSON ({err})") from err
+    config = config_from_hf_gpt2(hf_config, str(src))
+    mapped, unknown = map_hf_gpt2_state_dict(load_hf_weights(folder))
+    if unknown:
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise UserError(
+            f"the weights of {src} hold keys that are not part of a gpt2 model: {', '.join(unknown[:3])}{more}"
+        )
+    model = build_model(config, mapped, str(src))
+    tokenizer = None
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        from .tokenization import load_tokenizer
+
+        tokenizer = load_tokenizer(str(folder))
+    return save_converted(model, out, overwrite, tokenizer)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the book's GPTModel
+# ----------------------------------------------------------------------------------------------------------------
+
+_BOOK_BLOCK_MAP = {
+    "att.out_proj.weight": "att.out_proj.weight",
+    "att.out_proj.bias": "att.out_proj.bias",
+    "ff.layers.0.weight": "ff.fc_in.weight",
+    "ff.layers.0.bias": "ff.fc_in.bias",
+    "ff.layers.2.weight": "ff.fc_out.weight",
+    "ff.layers.2.bias": "ff.fc_out.bias",
+    # the book's own LayerNorm (scale/shift) and, in its faster variants, torch's nn.LayerNorm (weight/bias)
+    "norm1.scale": "norm1.weight",
+    "norm1.shift": "norm1.bias",
+    "norm1.weight": "norm1.weight",
+    "norm1.bias": "norm1.bias",
+    "norm2.scale": "norm2.weight",
+    "norm2.shift": "norm2.bias",
+    "norm2.weight": "norm2.weight",
+    "norm2.bias": "norm2.bias",
+}
+_BOOK_TOP_MAP = {
+    "tok_emb.weight": "transformer.tok_emb.weight",
+    "pos_emb.weight": "transformer.pos_emb.weight",
+    "final_norm.scale": "transformer.final_norm.weight",
+    "final_norm.shift": "transformer.final_norm.bias",
+    "final_norm.weight": "transformer.final_norm.weight",
+    "final_norm.bias": "transformer.final_norm.bias",
+    "out_head.weight": "lm_head.weight",
+}
+_BOOK_BUFFERS = re.compile(r"^trf_blocks\.\d+\.att\.mask$")  # the causal mask buffer, rebuilt by our model
+
+
+def map_book_state_dict(state: dict) -> tuple[dict, list[str], dict]:
+    """Rename a book ``GPTModel`` state dict into ours.
+
+    Returns (mapped, unexpected book keys, per-layer q/k/v parts that are incomplete).  The query, key and value
+    projections (weights and, when present, biases) are concatenated along the output dimension in that order, the
+    order our ``qkv_proj`` splits them in.
+    """
+    mapped, unexpected = {}, []
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, tensor in _strip_prefixes(state).items():
+        if key in _BOOK_TOP_MAP:
+            mapped[_BOOK_TOP_MAP[key]] = tensor
+            continue
+        if _BOOK_BUFFERS.match(key):
+            continue
+        match = re.match(r"^trf_blocks\.(\d+)\.(.+)$", key)
+        if match:
+            layer, rest = match.groups()
+            part = re.match(r"^att\.W_(query|key|value)\.(weight|bias)$", rest)
+            if part:
+                qkv.setdefault((layer, part.group(2)), {})[part.group(1)] = tensor
+                continue
+            if rest in _BOOK_BLOCK_MAP:
+                mapped[f"transformer.blocks.{layer}.{_BOOK_BLOCK_MAP[rest]}"] = tensor
+                continue
+        unexpected.append(key)
+    incomplete = {}
+    for (layer, kind), parts in sorted(qkv.items(), key=lambda item: (int(item[0][0]), item[0][1])):
+        absent = [p for p in ("query", "key", "value") if p not in parts]
+        if absent:
+            incomplete[f"trf_blocks.{layer}.att.W_{{{','.join(absent)}}}.{kind}"] = absent
+            continue
+        shapes = {tuple(parts[p].shape) for p in ("query", "key", "value")}
+        if len(shapes) != 1:
+            raise UserError(
+                f"trf_blocks.{layer}.att W_query/W_key/W_value {kind}s differ in shape "
+                f"({', '.join(str(tuple(parts[p].shape)) for p in ('query', 'key', 'value'))}): not a book GPTModel"
+            )
+        mapped[f"transformer.blocks.{layer}.att.qkv_proj.{kind}"] = torch.cat(
+            [parts["query"], parts["key"], parts["value"]], dim=0
+        )
+    return mapped, unexpected, incomplete
+
+
+def load_config_spec(spec: str | None) -> tuple[dict, set]:
+    """A config dict from a preset name or a JSON file (the book's cfg dict or our config.json).
+
+    Returns (kwargs for ``GPTScratchConfig``, the keys the user stated explicitly -- presets state none of
+    ``qkv_bias``/``tie_word_embeddings`` as facts about a particular checkpoint).
+    """
+    if spec is None:
+        return {}, set()
+    if spec in PRESETS:
+        return dict(PRESETS[spec]), set()
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UserError(
+            f"--config {spec} is neither a preset ({', '.join(PRESETS)}) nor an existing JSON file: pass one of them"
+        )
+    try:
+        cfg = json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"--config {path} is not valid JSON ({err})") from err
+    if not isinstance(cfg, dict):
+        raise UserError(f"--config {path} must hold a JSON object (the book's cfg dict or a config.json)")
+    if cfg.get("model_type") not in (None, GPTScratchConfig.model_type):
+        raise UserError(
+            f"--config {path} describes a '{cfg['model_type']}' model, not '{GPTScratchConfig.model_type}': "
+            "pass the book's cfg dict, a gpt_scratch config.json or a preset name"
+        )
+    drop = {"model_type", "architectures", "auto_map", "transformers_version", "dtype", "torch_dtype"}
+    cfg = {k: v for k, v in cfg.items() if k not in drop}
+    return cfg, {k for k in ("qkv_bias", "tie_word_embeddings") if k in cfg}
+
+
+def _infer_book_config(state: dict) -> dict:
+    """Sizes read off the tensors, for a book state dict given without ``--config``.
+
+    Widths, layer count, vocabulary and context come from shapes; the head count does not show in any shape, so it
+    is taken from the GPT-2 preset of the same width (768 -> 12, 1024 -> 16, 1280 -> 20, 1600 -> 25).
+    """
+    if "tok_emb.weight" not in state or "pos_emb.weight" not in state:
+        raise UserError("the checkpoint has no tok_emb.weight/pos_emb.weight: it is not a book GPTModel state dict")
+    vocab, width = state["tok_emb.weight"].shape
+    context = state["pos_emb.weight"].shape[0]
+    layers = 1 + max((int(m.group(1)) for k in state if (m := re.match(r"^trf_blocks\.(\d+)\.", k))), default=-1)
+    heads = {p["hidden_size"]: p["num_attention_heads"] for p in PRESETS.values()}
+    if width not in heads:
+        raise UserError(
+            f"the checkpoint has emb_dim={width}, which matches no preset width, so the head count is unknown: pass "
+            "--config with the book's cfg dict (a JSON with n_heads)"
+        )
+    return dict(
+        vocab_size=vocab, hidden_size=width, max_position_embeddings=context, num_hidden_layers=layers,
+        num_attention_heads=heads[width],
+    )
+
+
+def convert_book(pth_path, config: str | None, out_dir, overwrite: bool = False) -> Path:
+    """Convert a state dict of the book's ``GPTModel`` into a GPTScratch folder.
+
+    ``config`` is a preset name (``gpt2-small``, ...) or a JSON file with the book's cfg dict (``emb_dim``,
+    ``n_heads``, ...) or our ``config.json``; ``None`` infers the sizes from the tensor shapes.
+
+    Two choices are read off the weights rather than the config, because they are facts about the checkpoint:
+
+    * ``qkv_bias`` is true exactly when the checkpoint has ``W_query.bias``.  A JSON config that states the opposite
+      is an error (presets only name sizes, so they follow the checkpoint).
+    * The output head is tied to the token embedding only when ``out_head.weight`` equals ``tok_emb.weight``
+      exactly (as in the book's ``load_weights_into_gpt``); then it is stored once.  Otherwise it stays separate,
+      even with a preset that ties: tying would silently replace the trained head.  A JSON config that asks for tying
+      while the two differ is an error; one that says ``tie_word_embeddings: false`` keeps two tensors even when
+      they are equal.  A checkpoint without ``out_head.weight`` is tied unless the config says otherwise.
+    """
+    path = Path(pth_path).expanduser()
+    out = check_out_dir(out_dir, overwrite)
+    if not path.is_file():
+        raise UserError(
+            f"--src {path} is not a file: pass the .pth (torch.save of the state dict) or .safetensors file"
+        )
+    state = _strip_prefixes(_load_tensor_file(path))
+    cfg, stated = load_config_spec(config)
+    if config is None:
+        cfg = _infer_book_config(state)
+
+    has_qkv_bias = any(re.match(r"^trf_blocks\.\d+\.att\.W_query\.bias$", k) for k in state)
+    if "qkv_bias" in stated and bool(cfg["qkv_bias"]) != has_qkv_bias:
+        raise UserError(
+            f"--config {config} says qkv_bias={cfg['qkv_bias']}, but {path} "
+            f"{'has' if has_qkv_bias else 'has no'} query/key/value biases: set qkv_bias to {has_qkv_bias}"
+        )
+    cfg["qkv_bias"] = has_qkv_bias
+
+    emb, head = state.get("tok_emb.weight"), state.get("out_head.weight")
+    identical = emb is not None and head is not None and emb.shape == head.shape and torch.equal(emb, head)
+    if cfg.get("tie_word_embeddings") and "tie_word_embeddings" in stated and head is not None and not identical:
+        raise UserError(
+            f"--config {config} says tie_word_embeddings=true, but out_head.weight differs from tok_emb.weight in "
+            f"{path}: tying would discard the trained output head; set tie_word_embeddings to false"
+        )
+    if "tie_word_embeddings" in stated and not cfg["tie_word_embeddings"]:
+        cfg["tie_word_embeddings"] = False  # stated untied: keep two tensors even if equal (e.g. to train apart)
+    else:
+        cfg["tie_word_embeddings"] = identical or (head is None and cfg.get("tie_word_embeddings", True))
+    try:
+        gpt_config = GPTScratchConfig(**cfg)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"--config {config}: {err}") from err
+
+    mapped, unexpected, incomplete = map_book_state_dict(state)
+    if unexpected or incomplete:
+        missing = list(incomplete)
+        raise UserError(
+            f"the weights of {path} do not fit a book GPTModel: "
+            f"{_describe_mismatch(missing, unexpected, [])}"
+        )
+    if gpt_config.tie_word_embeddings:
+        mapped.pop("lm_head.weight", None)
+    try:
+        model = build_model(gpt_config, mapped, str(path), hint=_book_hint(gpt_config, config))
+    except UserError as err:
+        # name keys in the book's terms, which is what the user's file holds
+        raise UserError(_to_book_names(str(err))) from None
+    return save_converted(model, out, overwrite, tokenizer=_gpt2_tokenizer_if_available(gpt_config))
+
+
+def _book_hint(config: GPTScratchConfig, spec) -> str:
+    src = f"--config {spec}" if spec else "the inferred config"
+    return f" (check that {src} matches the checkpoint)"
+
+
+_OURS_TO_BOOK = [
+    (r"transformer\.blocks\.(\d+)\.att\.qkv_proj\.(weight|bias)", r"trf_blocks.\1.att.W_query/W_key/W_value.\2"),
+    (r"transformer\.blocks\.(\d+)\.ff\.fc_in", r"trf_blocks.\1.ff.layers.0"),
+    (r"transformer\.blocks\.(\d+)\.ff\.fc_out", r"trf_blocks.\1.ff.layers.2"),
+    (r"transformer\.blocks\.(\d+)\.(norm[12])\.weight", r"trf_blocks.\1.\2.scale"),
+    (r"transformer\.blocks\.(\d+)\.(norm[12])\.bias", r"trf_blocks.\1.\2.shift"),
+    (r"transformer\.blocks\.(\d+)\.", r"trf_blocks.\1."),
+    (r"transformer\.final_norm\.weight", "final_norm.scale"),
+    (r"transformer\.final_norm\.bias", "final_norm.shift"),
+    (r"transformer\.(tok_emb|pos_emb)", r"\1"),
+    (r"lm_head\.weight", "out_head.weight"),
+]
+
+
+def _to_book_names(message: str) -> str:
+    for pattern, repl in _OURS_TO_BOOK:
+        message = re.sub(pattern, repl, message)
+    return message
+
+
+def _gpt2_tokenizer_if_available(config: GPTScratchConfig):
+    """The book uses GPT-2's BPE (tiktoken ``gpt2``); include HF's copy when it is cached and the vocab fits."""
+    if config.vocab_size != 50257:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained("openai-community/gpt2", local_files_only=True)
+    except Exception:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of ``gpt-scratch convert``."""
+    parser.add_argument(
+        "--from", dest="source_format", required=True, choices=["hf-gpt2", "book"],
+        help="hf-gpt2: a Hugging Face gpt2 checkpoint (folder or Hub id); book: the book's GPTModel state dict",
+    )
+    parser.add_argument(
+        "--src", required=True, help="checkpoint folder / Hub id (hf-gpt2) or .pth/.safetensors file (book)"
+    )
+    parser.add_argument("--out", required=True, help="output folder (a loadable model folder)")
+    parser.add_argument(
+        "--config", default=None,
+        help=f"book only: a preset ({', '.join(PRESETS)}) or a JSON file with the book's cfg dict; "
+        "default: sizes inferred from the weights",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    return parser
+
+
+def convert_main(args: argparse.Namespace) -> int:
+    """Run ``gpt-scratch convert``; prints the output folder and returns the exit code."""
+    from pipelines.generate import quiet_hf
+
+    if args.source_format == "hf-gpt2" and args.config is not None:
+        raise UserError("--config applies only to --from book: an hf-gpt2 checkpoint brings its own config.json")
+    with quiet_hf():
+        if args.source_format == "hf-gpt2":
+            out = convert_hf_gpt2(args.src, args.out, overwrite=args.overwrite)
+        else:
+            out = convert_book(args.src, args.config, args.out, overwrite=args.overwrite)
+    print(f"converted {args.src} -> {out}", file=sys.stdout)
+    return 0
+
+
+__all__ = [
+    "convert_hf_gpt2",
+    "convert_book",
+    "make_generation_config",
+    "add_convert_arguments",
+    "convert_main",
+]

@@ -1,0 +1,252 @@
+"""Tokenizers: load GPT-2's BPE (or any saved tokenizer), or train a byte-level BPE of one's own.
+
+GPT-2's tokenizer (Radford et al., 2019, section 2.2) is byte-level BPE (Sennrich et al., 2016, "Neural Machine
+Translation of Rare Words with Subword Units"): text is split by a regular expression into words, numbers,
+punctuation runs and whitespace, each piece is read as UTF-8 bytes mapped onto 256 printable characters, and merges
+learned from a corpus join frequent neighbours.  Every byte is in the base vocabulary, so any text encodes without an
+unknown token and decodes back to exactly itself.  ``<|endoftext|>`` is the one special token; it separates documents
+and serves as end, start and padding token.
+
+``train_bpe_tokenizer`` builds that recipe with the ``tokenizers`` library and saves it so that
+``AutoTokenizer.from_pretrained(folder)`` opens it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from pipelines.errors import UserError
+
+EOS_TOKEN = "<|endoftext|>"
+MIN_VOCAB_SIZE = 257  # the 256 byte symbols plus <|endoftext|>
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+
+
+def strip_local_files_only(folder) -> None:
+    """Remove ``"local_files_only"`` from ``tokenizer_config.json`` (written when saving under HF_HUB_OFFLINE=1).
+
+    Left in, a published tokenizer would refuse to download anything for its users.
+    """
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if "local_files_only" in data:
+        del data["local_files_only"]
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _set_pad_to_eos(tokenizer):
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(spec: str):
+    """A tokenizer from a local folder or a Hub id (e.g. ``openai-community/gpt2``), with pad = end-of-text.
+
+    A Hub id that is not in the local cache needs the network; offline that is a ``UserError``.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(str(spec)).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"tokenizer {path} is a file: pass the folder that holds tokenizer.json")
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise UserError(
+                f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): pass a folder with a saved "
+                "tokenizer, or a Hub id such as openai-community/gpt2"
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=True)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot load the tokenizer in {path}: {err}") from err
+        return _set_pad_to_eos(tokenizer)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    try:
+        # no code from the network without the user's say-so: a Hub tokenizer must be a standard class
+        tokenizer = AutoTokenizer.from_pretrained(str(spec), trust_remote_code=False)
+    except Exception as err:  # offline, no connection, unknown repo: transformers raises OSError or others
+        if offline or "connect" in str(err).lower() or "offline" in str(err).lower():
+            raise UserError(
+                f"tokenizer {spec} is not a local folder and is not in the Hugging Face cache; downloading it needs "
+                "the network (HF_HUB_OFFLINE is set or the Hub is unreachable): pass a local folder instead"
+            ) from err
+        raise UserError(f"cannot load tokenizer {spec}: no such local folder, and the Hub says: {err}") from err
+    return _set_pad_to_eos(tokenizer)
+
+
+def build_bpe_tokenizer_object(vocab_size: int):
+    """An untrained GPT-2-style pipeline and its trainer (from the ``tokenizers`` library).
+
+    * no normaliser: the text is encoded as given, so decoding returns it byte for byte;
+    * ``ByteLevel`` pre-tokenizer with GPT-2's regular expression and no added prefix space;
+    * byte-level BPE model; ``ByteLevel`` decoder (bytes back to UTF-8);
+    * ``ByteLevel`` post-processor with offsets kept as they are (GPT-2's choice).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    return tokenizer, trainer
+
+
+def wrap_tokenizer(tokenizer_object, model_max_length: int | None = None):
+    """A ``transformers`` fast tokenizer around a ``tokenizers.Tokenizer``, end-of-text as eos = bos = unk = pad."""
+    from transformers import PreTrainedTokenizerFast
+
+    kwargs = dict(
+        tokenizer_object=tokenizer_object,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        clean_up_tokenization_spaces=False,  # would turn " ." into "." and break the round trip
+        add_prefix_space=False,
+    )
+    if model_max_length is not None:
+        kwargs["model_max_length"] = model_max_length
+    return PreTrainedTokenizerFast(**kwargs)
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int, out_dir=None, overwrite: bool = False, model_max_length: int | None = None
+):
+    """Train a GPT-2-style byte-level BPE tokenizer on ``texts``; optionally save it (atomically) to ``out_dir``.
+
+    ``vocab_size`` counts the 256 byte symbols, the merges and ``<|endoftext|>``; a corpus too small to learn that
+    many merges yields a smaller vocabulary (a warning says so).  Returns the ``PreTrainedTokenizerFast``.
+    """
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < MIN_VOCAB_SIZE:
+        raise UserError(
+            f"--vocab-size {vocab_size} is too small: a byte-level BPE needs at least {MIN_VOCAB_SIZE} entries "
+            "(256 bytes + <|endoftext|>); GPT-2 uses 50257"
+        )
+    out = None
+    if out_dir is not None:
+        out = Path(out_dir).expanduser()
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+            raise UserError(
+                f"output folder {out} already exists and is not empty: choose another --out, or pass --overwrite to "
+                "replace it"
+            )
+    tokenizer_object, trainer = build_bpe_tokenizer_object(vocab_size)
+    count = {"docs": 0}
+
+    def counted(items: Iterable[str]) -> Iterator[str]:
+        for text in items:
+            if not isinstance(text, str):
+                raise UserError(f"document {count['docs'] + 1} is a {type(text).__name__}, not text")
+            count["docs"] += 1
+            yield text
+
+    tokenizer_object.train_from_iterator(counted(texts), trainer=trainer)
+    if count["docs"] == 0:
+        raise UserError("no text to train the tokenizer on: the data holds no documents")
+    got = tokenizer_object.get_vocab_size()
+    if got < vocab_size:
+        print(
+            f"warning: the corpus allowed only {got} of the {vocab_size} vocabulary entries asked for "
+            "(too few repeated pairs to merge); give more text for a full vocabulary",
+            file=sys.stderr,
+        )
+    tokenizer = wrap_tokenizer(tokenizer_object, model_max_length=model_max_length)
+    if out is not None:
+        save_tokenizer(tokenizer, out, overwrite=True)
+    return tokenizer
+
+
+def save_tokenizer(tokenizer, out_dir, overwrite: bool = False) -> Path:
+    """Save ``tokenizer`` into ``out_dir`` atomically, without the ``local_files_only`` flag."""
+    from pipelines.fsutil import atomic_dir
+
+    out = Path(out_dir).expanduser()
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(
+            f"output folder {out} already exists and is not empty: choose another --out, or pass --overwrite"
+        )
+    with atomic_dir(out, overwrite=True) as tmp:
+        tokenizer.save_pretrained(tmp)
+        strip_local_files_only(tmp)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reading texts and the CLI
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _iter_txt(spec: str) -> Iterator[str]:
+    """Documents from a .txt file (one document) or a folder of .txt files (one each, sorted by path)."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(f"--data {path} does not exist: pass a .txt file or a folder of .txt files")
+    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
+    if not files:
+        raise UserError(f"--data {path} holds no .txt files")
+    for file in files:
+        try:
+            yield file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"{file} is not UTF-8 text (byte {err.start}): convert it to UTF-8") from err
+
+
+def iter_texts(spec: str, text_column: str = "text") -> Iterator[str]:
+    """Documents of ``spec`` through ``pipelines.data.iter_documents`` when present, else plain .txt reading."""
+    try:
+        from pipelines.data import iter_documents
+    except ImportError:
+        return _iter_txt(spec)
+    return iter_documents(spec, text_column=text_column)
+
+
+def add_train_tokenizer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of ``gpt-scratch train-tokenizer``."""
+    parser.add_argument(
+        "--data", required=True, help="text to learn from: a .txt file, a folder of them, or a data set"
+    )
+    parser.add_argument(
+        "--vocab-size", type=int, required=True, help="vocabulary size incl. 256 bytes and <|endoftext|>"
+    )
+    parser.add_argument("--out", required=True, help="output folder (opens with AutoTokenizer.from_pretrained)")
+    parser.add_argument("--text-column", default="text", help="column holding the text, for tabular/JSON data")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    return parser
+
+
+def train_tokenizer_main(args: argparse.Namespace) -> int:
+    """Run ``gpt-scratch train-tokenizer``; prints the output folder and the vocabulary size; returns the exit code."""
+    tokenizer = train_bpe_tokenizer(
+        iter_texts(args.data, getattr(args, "text_column", "text")),
+        args.vocab_size,
+        out_dir=args.out,
+        overwrite=getattr(args, "overwrite", False),
+    )
+    print(f"trained a byte-level BPE tokenizer with {len(tokenizer)} tokens -> {args.out}")
+    return 0
+
+
+__all__ = [
+    "EOS_TOKEN",
+    "load_tokenizer",
+    "train_bpe_tokenizer",
+    "save_tokenizer",
+    "strip_local_files_only",
+    "add_train_tokenizer_arguments",
+    "train_tokenizer_main",
+]

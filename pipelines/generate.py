@@ -1,0 +1,163 @@
+"""``gpt-scratch generate``: continue a prompt with a saved model folder.
+
+The folder is opened the way any user of the Hub would open it -- ``AutoModelForCausalLM`` and ``AutoTokenizer`` with
+``trust_remote_code=True`` -- so this also checks that a run folder is self-contained.  Temperature 0 means greedy
+decoding; otherwise tokens are sampled, optionally restricted to the ``top_k`` most likely tokens and/or the smallest
+set whose probability reaches ``top_p`` (nucleus sampling, Holtzman et al., 2020, "The Curious Case of Neural Text
+Degeneration").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+from pipelines.errors import UserError
+
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+DEFAULT_MAX_NEW_TOKENS = 100
+
+
+@contextlib.contextmanager
+def quiet_hf():
+    """Silence transformers' loading reports and progress bars for the length of a CLI command."""
+    from transformers.utils import logging as hf_logging
+
+    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def check_model_folder(model_dir, need_tokenizer: bool = True) -> Path:
+    """Fail with one line unless ``model_dir`` is a folder with a config, weights and (optionally) a tokenizer."""
+    folder = Path(model_dir).expanduser()
+    if not folder.exists():
+        raise UserError(f"--model {folder} does not exist: pass a model folder (e.g. the --out of pretrain or convert)")
+    if not folder.is_dir():
+        raise UserError(
+            f"--model {folder} is a file: pass the model folder that holds config.json and model.safetensors"
+        )
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        missing.append("weights (model.safetensors)")
+    if need_tokenizer and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        missing.append("a tokenizer (tokenizer.json)")
+    if missing:
+        raise UserError(f"--model {folder} is not a complete model folder: it has no {' and no '.join(missing)}")
+    return folder
+
+
+def load_model_and_tokenizer(model_dir):
+    """The model (eval mode) and tokenizer of a folder, pad = end-of-text."""
+    from transformers import AutoModelForCausalLM
+
+    from modeling_gpt_scratch.tokenization import load_tokenizer
+
+    folder = check_model_folder(model_dir)
+    tokenizer = load_tokenizer(str(folder))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the model in {folder}: {err}") from err
+    model.eval()
+    return model, tokenizer
+
+
+def generate_text(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = 50,
+    top_p: float | None = None,
+    seed: int | None = None,
+) -> str:
+    """The continuation of ``prompt`` (the new text only).  ``temperature == 0`` decodes greedily.
+
+    ``max_new_tokens`` defaults to the folder's generation config (else 100) and is cut to what fits in the context.
+    """
+    import torch
+    from transformers import set_seed
+
+    if temperature < 0:
+        raise UserError(f"--temperature {temperature} is negative: use 0 for greedy decoding or a positive value")
+    if top_k is not None and top_k < 0:
+        raise UserError(f"--top-k {top_k} is negative: use 0 to turn it off or a positive count")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"--top-p {top_p} is outside (0, 1]: use e.g. 0.9, or 1 to turn it off")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {max_new_tokens} must be at least 1")
+    if seed is not None:
+        set_seed(seed)
+    inputs = tokenizer(prompt, return_tensors="pt")
+    prompt_len = inputs["input_ids"].shape[1]
+    if prompt_len == 0:  # an empty prompt starts from end-of-text, as GPT-2's unconditional samples do
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        inputs = {"input_ids": torch.tensor([[bos]]), "attention_mask": torch.ones(1, 1, dtype=torch.long)}
+        prompt_len = 1
+    context = model.config.max_position_embeddings
+    room = context - prompt_len
+    if room < 1:
+        raise UserError(
+            f"the prompt is {prompt_len} tokens, but the model's context holds {context} in all: shorten the prompt "
+            f"to at most {context - 1} tokens"
+        )
+    if max_new_tokens is None:
+        max_new_tokens = getattr(model.generation_config, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS
+    max_new_tokens = min(max_new_tokens, room)
+    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    if temperature == 0:
+        kwargs.update(do_sample=False, top_k=None, top_p=None, temperature=None)
+    else:
+        kwargs.update(do_sample=True, temperature=temperature, top_k=top_k or None, top_p=top_p)
+    with torch.no_grad():
+        output = model.generate(**inputs, **kwargs)
+    return tokenizer.decode(output[0, prompt_len:], skip_special_tokens=True)
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of ``gpt-scratch generate``."""
+    parser.add_argument("--model", required=True, help="model folder (config.json, model.safetensors, tokenizer)")
+    parser.add_argument("--prompt", required=True, help="text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the folder's generation config")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; higher = more random (default 1)")
+    parser.add_argument(
+        "--top-k", type=int, default=50, help="sample among the k likeliest tokens; 0 = off (default 50)"
+    )
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]; default off")
+    parser.add_argument("--seed", type=int, default=None, help="random seed, for reproducible samples")
+    return parser
+
+
+def generate_main(args: argparse.Namespace) -> int:
+    """Run ``gpt-scratch generate``: print the continuation; returns the exit code."""
+    with quiet_hf():
+        model, tokenizer = load_model_and_tokenizer(args.model)
+        text = generate_text(
+            model,
+            tokenizer,
+            args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+    print(text)
+    return 0
+
+
+__all__ = ["quiet_hf", "check_model_folder", "load_model_and_tokenizer", "generate_text", "add_generate_arguments", "generate_main"]

@@ -1,0 +1,505 @@
+"""``gpt-scratch publish``: upload a run folder to the Hugging Face Hub, with its model card.
+
+Steps, in this order, and nothing is sent before the last one:
+
+1. check the repo id and that the folder is a complete model folder (weights, config with ``auto_map``, both code
+   files, tokenizer, generation config for language models, model card);
+2. find the Hub token (``HF_TOKEN`` or the ``hf auth login`` cache); it is handed to the client and never printed,
+   logged or written;
+3. refresh the model card and report card (``write_cards``) for the target repo id, and drop ``local_files_only``
+   from ``tokenizer_config.json``;
+4. list exactly the files to send (model, code, tokenizer, cards, metrics, run config, plots; never checkpoints,
+   caches or hidden temp files) and refuse if any of them contains the token;
+5. load exactly those files in a clean Python (isolated mode, empty working folder, ``modeling_gpt_scratch``
+   blocked) through ``trust_remote_code=True`` and generate a few tokens / classify two texts;
+6. ``create_repo`` (``exist_ok``), the branch for ``--revision`` if needed, and one ``upload_folder`` commit.
+
+``--dry-run`` does steps 1-5 and prints the files that would be sent with their sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+
+CODE_FILES = ("configuration_gpt_scratch.py", "modeling_gpt_scratch.py")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
+DOC_FILES = ("README.md", "report.md", "metrics.json", "run_config.yaml")
+PLOT_SUFFIXES = (".png", ".svg")
+SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+REPO_ID_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?/[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
+TEXT_SUFFIXES = (".json", ".md", ".yaml", ".yml", ".py", ".txt", ".jinja")
+VERIFY_TIMEOUT_S = 1800
+VERIFY_MARK = "GPT_SCRATCH_VERIFY "
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="run folder to publish (a complete model folder)")
+    parser.add_argument("--repo-id", required=True, help="target model repo on the Hub, as USER/NAME or ORG/NAME")
+    parser.add_argument("--private", action="store_true", help="create the repo as private (if it is new)")
+    parser.add_argument("--revision", default=None, help="branch to commit to (created if missing; default: main)")
+    parser.add_argument("--commit-message", default=None, help="commit message (default: describes the upload)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="do every check and refresh the cards, but send nothing: list the files"
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# checks
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def validate_repo_id(repo_id: str) -> str:
+    """``USER/NAME``: letters, digits, ``-``, ``_``, ``.``; no ``--``/``..``; at most 96 characters."""
+    repo_id = (repo_id or "").strip()
+    problem = None
+    if not REPO_ID_RE.fullmatch(repo_id):
+        problem = (
+            "it must look like USER/NAME (letters, digits, '-', '_' and '.'; "
+            "starting and ending with a letter or digit)"
+        )
+    elif "--" in repo_id or ".." in repo_id:
+        problem = "'--' and '..' are not allowed"
+    elif len(repo_id) > 96:
+        problem = "it is longer than 96 characters"
+    elif repo_id.endswith(".git"):
+        problem = "it must not end with '.git'"
+    if problem:
+        raise UserError(f"--repo-id '{repo_id}' is not a valid Hub model id: {problem}, e.g. --repo-id alice/gpt-tiny")
+    return repo_id
+
+
+def model_kind(folder: Path) -> str:
+    """``"classifier"`` or ``"causal"``: which Auto class the folder is loaded with."""
+    from .cards import folder_kind
+
+    return "classifier" if folder_kind(folder) == "classifier" else "causal"
+
+
+def missing_pieces(folder: str | os.PathLike) -> list[str]:
+    """What a complete, publishable model folder lacks (empty list: complete)."""
+    folder = Path(folder)
+    missing: list[str] = []
+    config_path = folder / "config.json"
+    kind = "causal"
+    if not config_path.is_file():
+        missing.append("config.json")
+    else:
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = None
+        if not isinstance(config, dict):
+            missing.append("a readable config.json")
+        else:
+            kind = model_kind(folder)
+            auto_class = "AutoModelForSequenceClassification" if kind == "classifier" else "AutoModelForCausalLM"
+            auto_map = config.get("auto_map") or {}
+            lacking = [k for k in ("AutoConfig", auto_class) if k not in auto_map]
+            if lacking:
+                missing.append(f"auto_map entries {', '.join(lacking)} in config.json")
+    if not (folder / "model.safetensors").is_file():
+        index = folder / "model.safetensors.index.json"
+        if not index.is_file():
+            missing.append("model.safetensors (the weights)")
+        else:
+            try:
+                shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                shards = None
+            if shards is None:
+                missing.append("a readable model.safetensors.index.json")
+            else:
+                missing += [f"{s} (a weight shard)" for s in shards if not (folder / s).is_file()]
+    missing += [name for name in CODE_FILES if not (folder / name).is_file()]
+    has_tokenizer = (folder / "tokenizer.json").is_file() or (
+        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    )
+    if not has_tokenizer or not (folder / "tokenizer_config.json").is_file():
+        missing.append("the tokenizer (tokenizer.json and tokenizer_config.json)")
+    if kind == "causal" and not (folder / "generation_config.json").is_file():
+        missing.append("generation_config.json")
+    # no README.md is fine: publish renders the model card itself (e.g. for a folder made by `convert`)
+    return missing
+
+
+def check_folder(folder: str | os.PathLike) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--model '{folder}' is not a folder: pass the --out folder of a training run")
+    missing = missing_pieces(folder)
+    if missing:
+        raise UserError(
+            f"'{folder}' is not a complete model folder; missing: {'; '.join(missing)}. "
+            "Publish the --out folder of a finished training run (or re-save the model with save_pretrained)"
+        )
+    return folder
+
+
+def files_to_upload(folder: str | os.PathLike) -> list[str]:
+    """Relative paths of exactly the files that are sent: model, code, tokenizer, cards, metrics, config, plots."""
+    folder = Path(folder)
+    names = set(MODEL_FILES) | set(CODE_FILES) | set(TOKENIZER_FILES) | set(DOC_FILES)
+    chosen = [
+        p.name
+        for p in folder.iterdir()
+        if p.is_file() and (p.name in names or SHARD_RE.fullmatch(p.name))
+    ]
+    plots = folder / "plots"
+    if plots.is_dir():
+        chosen += [
+            f"plots/{p.name}"
+            for p in plots.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in PLOT_SUFFIXES
+        ]
+    return sorted(chosen)
+
+
+def _check_no_token(folder: Path, files: list[str], token: str | None) -> None:
+    if not token:
+        return
+    for rel in files:
+        if rel.endswith(TEXT_SUFFIXES):
+            try:
+                text = (folder / rel).read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            if token in text:
+                raise UserError(
+                    f"'{folder / rel}' contains your Hugging Face token: remove it from that file before publishing "
+                    "(and consider revoking the token)"
+                )
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# verification in a clean interpreter
+# ------------------------------------------------------------------------------------------------------------------
+
+# Runs with `python -I` in an empty working folder: no PYTHONPATH, no user site, no cwd on sys.path, and the
+# installed model package blocked, so only the folder's own code can be what loads.
+VERIFY_SCRIPT = r"""
+import json, sys
+sys.modules["modeling_gpt_scratch"] = None
+sys.modules["pipelines"] = None
+folder, kind = sys.argv[1], sys.argv[2]
+import torch
+from transformers import AutoConfig, AutoTokenizer
+torch.manual_seed(0)
+config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+if kind == "classifier":
+    from transformers import AutoModelForSequenceClassification as Auto
+else:
+    from transformers import AutoModelForCausalLM as Auto
+model = Auto.from_pretrained(folder, trust_remote_code=True)
+for obj in (config, model):
+    if not type(obj).__module__.startswith("transformers_modules"):
+        raise RuntimeError(f"{type(obj).__name__} came from {type(obj).__module__}, not from the folder's code")
+result = {"model_class": type(model).__name__, "config_class": type(config).__name__}
+texts = ["Congratulations, you won a free prize! Call now.", "Are we still meeting for lunch tomorrow?"]
+with torch.no_grad():
+    if kind == "classifier":
+        enc = tokenizer(texts[:1], return_tensors="pt")
+        label = model.config.id2label[int(model(**enc).logits.argmax(-1)[0])]
+        from transformers import pipeline
+        classify = pipeline("text-classification", model=folder, trust_remote_code=True)
+        predictions = classify(texts)
+        labels = set(model.config.id2label.values())
+        if not all(p["label"] in labels for p in predictions):
+            raise RuntimeError(f"the pipeline returned labels {predictions} outside {sorted(labels)}")
+        result["predictions"] = [label] + [p["label"] for p in predictions]
+    else:
+        enc = tokenizer("Every effort moves you", return_tensors="pt")
+        out = model.generate(**enc, max_new_tokens=4, do_sample=False)
+        new = out[0, enc["input_ids"].shape[1]:]
+        if new.numel() == 0:
+            raise RuntimeError("generate produced no new tokens")
+        result["generated"] = tokenizer.decode(new)
+print("GPT_SCRATCH_VERIFY " + json.dumps(result))
+"""
+
+
+def _last_error_line(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", line):
+            return line
+    return lines[-1] if lines else "no error output"
+
+
+def verify_remote_code(
+    folder: str | os.PathLike, files: list[str], kind: str, timeout: float = VERIFY_TIMEOUT_S
+) -> dict:
+    """Load exactly ``files`` of ``folder`` in a clean interpreter through remote code, and run the model once."""
+    from .cards import redact
+
+    folder = Path(folder).resolve()
+    with tempfile.TemporaryDirectory(prefix="gpt-scratch-verify-") as tmp:
+        tmp = Path(tmp)
+        staged = tmp / "model"
+        for rel in files:
+            target = staged / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                target.symlink_to(folder / rel)
+            except OSError:  # no symlinks here (e.g. Windows without the privilege): copy
+                shutil.copy2(folder / rel, target)
+        work = tmp / "cwd"
+        work.mkdir()
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("PYTHON") and k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")
+        }
+        env.update(
+            HF_HUB_OFFLINE="1",
+            HF_HOME=str(tmp / "hf-home"),
+            HF_MODULES_CACHE=str(tmp / "modules"),
+            HF_HUB_DISABLE_TELEMETRY="1",
+            TOKENIZERS_PARALLELISM="false",
+        )
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-I", "-c", VERIFY_SCRIPT, str(staged), kind],
+                cwd=work,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise UserError(
+                f"loading '{folder}' through remote code in a clean Python took over {timeout:.0f}s: "
+                "check that the folder loads with from_pretrained(..., trust_remote_code=True)"
+            ) from None
+    for line in proc.stdout.splitlines():
+        if line.startswith(VERIFY_MARK):
+            if proc.returncode == 0:
+                return json.loads(line[len(VERIFY_MARK):])
+    raise UserError(
+        f"'{folder}' does not load through remote code in a clean Python ({redact(_last_error_line(proc.stderr))}): "
+        "nothing was sent; re-save the model with save_pretrained from modeling_gpt_scratch and try again"
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the Hub
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def get_hub_token() -> str | None:
+    """The Hub token from ``HF_TOKEN`` or the ``hf auth login`` cache; ``None`` when there is none."""
+    token = os.environ.get("HF_TOKEN", "").strip()
+    if token:
+        return token
+    from huggingface_hub import get_token
+
+    try:
+        return get_token() or None
+    except Exception as exc:  # noqa: BLE001 - e.g. a broken token file or a failed OIDC exchange
+        raise UserError(
+            f"could not read the Hugging Face token ({type(exc).__name__}): run `hf auth login` again or set HF_TOKEN"
+        ) from None
+
+
+_NETWORK_ERRORS = {"TransportError", "NetworkError", "ConnectError", "TimeoutException", "RequestError", "ProxyError"}
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        if any(cls.__name__ in _NETWORK_ERRORS for cls in type(exc).__mro__):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def hub_error(exc: BaseException, action: str, repo_id: str, token: str | None) -> UserError:
+    """One clear line for a failed Hub call; the token never appears in it."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    from .cards import redact
+
+    def clean(text: str) -> str:
+        text = " ".join(str(text).split())
+        if token:
+            text = text.replace(token, "***")
+        return redact(text)[:300]
+
+    if isinstance(exc, OfflineModeIsEnabled):
+        return UserError(
+            f"HF_HUB_OFFLINE is set, so nothing can be sent to the Hub ({action}): unset HF_HUB_OFFLINE to publish, "
+            "or pass --dry-run to only check the folder"
+        )
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        detail = clean(getattr(exc, "server_message", None) or str(exc).splitlines()[0])
+        if status == 401:
+            return UserError(
+                f"the Hub rejected the token while {action} (401 Unauthorized): run `hf auth login` again or set "
+                "HF_TOKEN to a valid token with write access"
+            )
+        if status == 403:
+            return UserError(
+                f"the token may not write to '{repo_id}' while {action} (403 Forbidden: {detail}): use a token with "
+                "write access to that user or organisation, or a repo id under your own user name"
+            )
+        return UserError(f"the Hub refused {action} for '{repo_id}' (HTTP {status}: {detail}); nothing was committed")
+    if _is_network_error(exc):
+        return UserError(
+            f"could not reach the Hugging Face Hub at {constants.ENDPOINT} while {action} "
+            f"({type(exc).__name__}: {clean(exc)}): check the network connection (and HF_ENDPOINT or proxy "
+            "settings) and run publish again; nothing was committed"
+        )
+    raise exc
+
+
+def _escape_pattern(path: str) -> str:
+    return re.sub(r"([\[\]*?])", r"[\1]", path)
+
+
+def upload(folder: Path, files: list[str], repo_id: str, token: str, *, private: bool, revision: str | None,
+           commit_message: str) -> tuple[str, object]:
+    """Create the repo (and branch) if needed and send ``files`` in one commit. Returns (repo url, commit info)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    action = "creating the repo"
+    try:
+        repo_url = api.create_repo(repo_id, private=True if private else None, exist_ok=True, repo_type="model")
+        if revision and revision != "main":
+            action = f"creating branch '{revision}'"
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        action = "uploading the files"
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type="model",
+            revision=revision,
+            commit_message=commit_message,
+            allow_patterns=[_escape_pattern(f) for f in files],
+            ignore_patterns=[".*", "*/.*", "checkpoints/*", "cache/*"],
+        )
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - turned into one line; unknown errors are re-raised by hub_error
+        raise hub_error(exc, action, repo_id, token) from None
+    return str(repo_url), commit
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the workflow
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _size(n: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def run(args: argparse.Namespace) -> int:
+    from .cards import folder_kind, write_cards
+    from .runfolder import strip_local_files_only
+
+    repo_id = validate_repo_id(args.repo_id)
+    folder = check_folder(args.model)
+    try:
+        token = get_hub_token()
+    except UserError:
+        if not args.dry_run:
+            raise
+        token = None
+    if not token and not args.dry_run:
+        raise UserError(
+            "no Hugging Face token found: run `hf auth login` (or set HF_TOKEN to a token with write access), "
+            "then publish again; --dry-run checks the folder without one"
+        )
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE and not args.dry_run:
+        raise UserError(
+            "HF_HUB_OFFLINE is set, so nothing can be sent to the Hub: unset HF_HUB_OFFLINE to publish, "
+            "or pass --dry-run to only check the folder"
+        )
+    kind = model_kind(folder)
+
+    write_cards(folder, repo_id=repo_id)
+    strip_local_files_only(folder)
+    print(f"checked: '{folder}' is a complete {folder_kind(folder)} model folder; refreshed README.md and report.md")
+
+    files = files_to_upload(folder)
+    _check_no_token(folder, files, token)
+    result = verify_remote_code(folder, files, kind)
+    detail = (
+        f"classified as {', '.join(result.get('predictions', []))}"
+        if kind == "classifier"
+        else f"generated {result.get('generated', '')[:60]!r}"
+    )
+    print(f"verified: loads as {result.get('model_class')} through trust_remote_code in a clean Python; {detail}")
+
+    sizes = {rel: (folder / rel).stat().st_size for rel in files}
+    where = f"'{repo_id}'" + (f" (branch '{args.revision}')" if args.revision else "")
+    if args.dry_run:
+        print(f"files that would be sent to {where} ({len(files)} files, {_size(sum(sizes.values()))}):")
+        for rel in files:
+            print(f"  {_size(sizes[rel]):>10}  {rel}")
+        visibility = "private" if args.private else "public unless it exists already"
+        print(f"dry run: nothing was sent (without --dry-run the repo is created {visibility}, then one commit)")
+        if not token:
+            print("note: no Hugging Face token found; a real publish needs `hf auth login` or HF_TOKEN")
+        return 0
+
+    workflow = folder_kind(folder)
+    message = args.commit_message or f"Upload gpt-scratch {workflow} model ({len(files)} files)"
+    print(f"uploading {len(files)} files ({_size(sum(sizes.values()))}) to {where} ...", flush=True)
+    repo_url, commit = upload(
+        folder, files, repo_id, token, private=args.private, revision=args.revision, commit_message=message
+    )
+    commit_url = getattr(commit, "commit_url", None) or repo_url
+    print(f"published: {repo_url} ({commit_url})")
+    print(
+        f'load it with AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True)'
+        if kind == "causal"
+        else f'load it with pipeline("text-classification", model="{repo_id}", trust_remote_code=True)'
+    )
+    return 0
+
+
+__all__ = [
+    "add_arguments",
+    "run",
+    "validate_repo_id",
+    "missing_pieces",
+    "check_folder",
+    "files_to_upload",
+    "verify_remote_code",
+    "get_hub_token",
+    "upload",
+    "hub_error",
+]

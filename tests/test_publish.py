@@ -1,0 +1,556 @@
+"""Model cards, report cards and ``gpt-scratch publish`` on tiny run folders built here.
+
+Nothing here reaches the network: uploads are either dry runs, go to fakes, or to a closed local port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EOT = "<|endoftext|>"
+TOKEN = "hf_secretQx7Lm2Pz9Rt4Vw8Yb3Nc6Kd1Fg5Hj0Sa"  # looks like a real token; must never leak
+OTHER_TOKEN = "hf_otherZZ1234567890abcdefghijklmnop"  # some other token recorded in a run config
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+CORPUS = [
+    "I had always thought Jack Gisburn rather a cheap genius, though a good fellow enough.",
+    "Every effort moves you closer to the goal, and every step counts.",
+    "Free entry in a weekly competition to win prizes! Text WIN to claim now.",
+    "Are we still meeting for lunch tomorrow? Let me know when you are free.",
+    "The quick brown fox jumps over the lazy dog while the cat sleeps.",
+] * 20
+
+CAUSAL_FINAL = {
+    "initial_val_loss": 5.71,
+    "val_loss": 5.1,
+    "val_perplexity": 164.02,
+    "test_loss": 5.2,
+    "test_perplexity": 181.27,
+    "tokens_seen": 12345,
+    "step": 20,
+    "elapsed_s": 12.5,
+    "world_size": 1,
+    "global_batch_examples": 8,
+}
+CAUSAL_EVALS = {("loss", "validation", 5.1), ("perplexity", "validation", 164.02), ("loss", "test", 5.2),
+                ("perplexity", "test", 181.27)}
+CLASSIFIER_FINAL = {"val_loss": 0.2, "test_accuracy": 0.95, "test_f1": 0.9, "step": 30}
+CLASSIFIER_EVALS = {("loss", "validation", 0.2), ("accuracy", "test", 0.95), ("f1", "test", 0.9)}
+
+# A clean interpreter that cannot import the installed model package: only the folder's own code can load.
+CLEAN_CHECK = r"""
+import json, sys
+sys.modules["modeling_gpt_scratch"] = None
+folder, kind, snippet = sys.argv[1], sys.argv[2], sys.argv[3]
+try:
+    import modeling_gpt_scratch
+except ImportError:
+    pass
+else:
+    raise SystemExit("the model package is importable: the check would prove nothing")
+ns = {}
+exec(compile(open(snippet).read(), "card-usage-snippet", "exec"), ns)
+if kind == "classifier":
+    clf = ns["classifier"]
+    model_module = type(clf.model).__module__
+    labels = [p["label"] for p in clf(["WIN a free prize now", "see you at lunch"])]
+    result = {"labels": labels}
+else:
+    model_module = type(ns["model"]).__module__
+    result = {"new_tokens": int(ns["output"].shape[1] - ns["inputs"]["input_ids"].shape[1])}
+result["module"] = model_module
+print("RESULT " + json.dumps(result))
+"""
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# building tiny run folders
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT, pad_token=EOT, model_max_length=64
+    )
+    out = tmp_path_factory.mktemp("tokenizer")
+    fast.save_pretrained(out)  # under HF_HUB_OFFLINE=1: writes local_files_only, which publish must strip
+    return out
+
+
+def _tiny_config(tokenizer, **extra):
+    from modeling_gpt_scratch import GPTScratchConfig
+
+    eot = tokenizer.convert_tokens_to_ids(EOT)
+    return GPTScratchConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        **extra,
+    )
+
+
+def build_run_folder(path: Path, tokenizer_dir: Path, kind: str = "causal") -> Path:
+    """A run folder as a training workflow leaves it, plus the clutter publish must not send."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from modeling_gpt_scratch import GPTScratchForCausalLM, GPTScratchForSequenceClassification
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    path.mkdir(parents=True)
+    if kind == "classifier":
+        config = _tiny_config(tokenizer, num_labels=2, id2label={0: "ham", 1: "spam"}, label2id={"ham": 0, "spam": 1})
+        model = GPTScratchForSequenceClassification(config)
+        metrics = {"final": CLASSIFIER_FINAL, "workflow": "finetune-classifier",
+                   "history": [{"step": 30, "train_loss": 0.3, "val_loss": 0.2}]}
+        run_config = {"data": "/data/SMSSpamCollection.tsv", "base_model": "alice/gpt-tiny-base", "learning_rate": 5e-5,
+                      "max_steps": 30, "batch_size": 8}
+    else:
+        config = _tiny_config(tokenizer)
+        model = GPTScratchForCausalLM(config)
+        eot = tokenizer.convert_tokens_to_ids(EOT)
+        model.generation_config = GenerationConfig(
+            max_new_tokens=16, do_sample=True, top_k=50, eos_token_id=eot, pad_token_id=eot
+        )
+        metrics = {
+            "final": CAUSAL_FINAL,
+            "workflow": "pretrain",
+            "history": [
+                {"step": 10, "tokens": 6000, "train_loss": 5.6, "val_loss": 5.5, "val_perplexity": 244.7},
+                {"step": 20, "tokens": 12345, "train_loss": 5.0, "val_loss": 5.1, "val_perplexity": 164.02},
+            ],
+            "environment": {"python": "3.11", "torch": "2.13", "transformers": "5.23", "device": "cpu"},
+            "samples": [{"step": 20, "prompt": "Every effort", "text": " moves you ```closer```\n\n\nend"}],
+        }
+        run_config = {"data": "alice/tiny-corpus", "preset": "tiny", "learning_rate": 6e-4, "max_steps": 20,
+                      "batch_size": 8, "lr_schedule": "cosine", "warmup_steps": 2, "hub_token": OTHER_TOKEN}
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    (path / "run_config.yaml").write_text(yaml.safe_dump(run_config))
+    (path / "plots").mkdir()
+    (path / "plots" / "loss.png").write_bytes(PNG)
+    (path / "README.md").write_text("# placeholder card\n")
+    (path / "report.md").write_text("# placeholder report\n")
+    # clutter that is not part of the model
+    (path / "checkpoints" / "step-10").mkdir(parents=True)
+    (path / "checkpoints" / "step-10" / "model.safetensors").write_bytes(b"old")
+    (path / "cache").mkdir()
+    (path / "cache" / "tokens-000.bin").write_bytes(b"\x00" * 16)
+    (path / ".final-abc123").mkdir()
+    (path / ".README.md.xyz.tmp").write_text("half-written")
+    (path / "train.log").write_text("log line\n")
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def all_text(folder: Path) -> str:
+    return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in folder.rglob("*") if p.is_file())
+
+
+def listed_files(stdout: str) -> list[str]:
+    """The 'size  path' lines of a dry run's listing."""
+    return [m.group(1) for m in re.finditer(r"^\s+[\d.]+ (?:B|KB|MB|GB)\s+(\S+)$", stdout, re.M)]
+
+
+def clean_env(tmp: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "HF_TOKEN"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp / "modules"), HF_HOME=str(tmp / "hf-home"))
+    return env
+
+
+def check_in_clean_python(tmp: Path, files: list[str], source: Path, kind: str, repo_id: str) -> dict:
+    """Copy exactly ``files``, then run the card's own usage snippet (pointed at the copy) in a clean interpreter."""
+    sent = tmp / "sent"
+    for rel in files:
+        (sent / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / rel, sent / rel)
+    readme = (sent / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)\n```", readme, re.S).group(1)
+    assert json.dumps(repo_id) in snippet and "trust_remote_code=True" in snippet
+    (tmp / "snippet.py").write_text(snippet.replace(json.dumps(repo_id), json.dumps(str(sent))))
+    work = tmp / "work"
+    work.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", CLEAN_CHECK, str(sent), kind, str(tmp / "snippet.py")],
+        cwd=work, env=clean_env(tmp), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert result["module"].startswith("transformers_modules"), result
+    return result
+
+
+def eval_set(card) -> set:
+    return {(r.metric_type, r.dataset_split, r.metric_value) for r in card.data.eval_results}
+
+
+def publish(capfd, *argv) -> tuple[int, str, str]:
+    from pipelines.cli import main
+
+    capfd.readouterr()  # drop what building the folder printed
+    rc = main(["publish", *map(str, argv)])
+    out, err = capfd.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def forbid_network(monkeypatch):
+    """Any Hub API call fails the test."""
+    from huggingface_hub import HfApi
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a Hub API call was made")
+
+    for name in ("create_repo", "upload_folder", "create_commit", "create_branch", "whoami", "preupload_lfs_files"):
+        monkeypatch.setattr(HfApi, name, boom)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# cards
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_parameter_count_from_config_matches_the_model():
+    from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM, GPTScratchForSequenceClassification
+    from pipelines.cards import count_parameters
+
+    base = dict(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
+    for extra, cls, kind in (
+        ({}, GPTScratchForCausalLM, "base"),
+        ({"tie_word_embeddings": False, "qkv_bias": False, "intermediate_size": 48}, GPTScratchForCausalLM, "base"),
+        ({"num_labels": 3}, GPTScratchForSequenceClassification, "classifier"),
+    ):
+        config = GPTScratchConfig(**base, **extra)
+        model = cls(config)
+        assert count_parameters(config.to_dict(), kind) == sum(p.numel() for p in model.parameters()), extra
+
+
+def test_cards_render_for_partial_folders(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from pipelines.cards import render_model_card, write_cards
+
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    write_cards(folder)  # nothing at all: still a card and a report
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.license == "apache-2.0" and card.data.library_name == "transformers"
+    assert card.data.eval_results is None
+    assert (folder / "report.md").read_text().startswith("# Training report")
+
+    (folder / "config.json").write_text(json.dumps({"architectures": ["GPTScratchForCausalLM"], "vocab_size": 10}))
+    (folder / "metrics.json").write_text(json.dumps({"final": {"val_loss": 3.0, "test_perplexity": float("nan")},
+                                                     "history": "garbage", "workflow": "finetune-instruct"}))
+    (folder / "run_config.yaml").write_text("data: ./local/instructions.json\nlicense: mit\nbase_model: bob/gpt-base\n")
+    card = render_model_card(folder)
+    assert card.data.license == "mit" and card.data.pipeline_tag == "text-generation"
+    assert card.data.base_model == "bob/gpt-base" and card.data.datasets is None  # a local path is no Hub id
+    assert eval_set(card) == {("loss", "validation", 3.0)}  # the NaN is left out, not written as YAML nan
+    assert "### Instruction:" in card.text and "instruction-tuned" in card.data.tags
+    from pipelines.prompts import format_alpaca
+
+    snippet = re.search(r"```python\n(.*?)\n```", card.text, re.S).group(1)
+    namespace = {}
+    exec(re.search(r"^prompt = \(.*?^\)$", snippet, re.S | re.M).group(0), namespace)
+    assert namespace["prompt"] == format_alpaca(  # the snippet's prompt is the fine-tune's format
+        {"instruction": "Rewrite the sentence in passive voice.", "input": "The chef cooked the meal."}
+    )
+
+
+def test_cards_survive_garbage_metrics(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from pipelines.cards import write_cards
+
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": "many", "hidden_size": None, "id2label": [1]}))
+    (tmp_path / "metrics.json").write_text(json.dumps({
+        "final": {"val_loss": "low", "test_accuracy": None, "elapsed_s": "1h", "world_size": "x", "step": [1]},
+        "history": [{"step": "a", "val_loss": {"x": 1}}, 3, None], "environment": ["cpu"],
+        "samples": [{"step": None, "text": 7}, "junk"], "workflow": 12,
+    }))
+    (tmp_path / "run_config.yaml").write_text("data: [a/b, ./c.txt]\nepochs: two\nlearning_rate: fast\nmodel: 3\n")
+    write_cards(tmp_path)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.datasets == ["a/b"] and card.data.eval_results is None
+
+
+def test_report_card(tmp_path, tokenizer_dir):
+    from pipelines.cards import write_report
+
+    folder = build_run_folder(tmp_path / "run", tokenizer_dir)
+    text = write_report(folder).read_text()
+    for needle in ("## Final metrics", "| val_loss | 5.1 |", "![loss](plots/loss.png)", "## Evaluations",
+                   "## Samples", "Every effort moves you ```closer```\n\n\nend", "## Run configuration",
+                   "learning_rate: 0.0006", "## Environment", "| device | cpu |"):
+        assert needle in text, needle
+    assert OTHER_TOKEN not in text and "hub_token: <redacted>" in text
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# publish --dry-run
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dry_run_causal(tmp_path, tokenizer_dir, capfd, monkeypatch, forbid_network):
+    from huggingface_hub import ModelCard
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    folder = build_run_folder(tmp_path / "run", tokenizer_dir)
+    assert "local_files_only" in (folder / "tokenizer_config.json").read_text()
+    rc, out, err = publish(capfd, "--model", folder, "--repo-id", "alice/tiny-gpt", "--dry-run")
+    assert rc == 0, err
+    assert "verified:" in out and "dry run: nothing was sent" in out
+
+    files = listed_files(out)
+    assert {"config.json", "model.safetensors", "configuration_gpt_scratch.py", "modeling_gpt_scratch.py",
+            "tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md", "report.md",
+            "metrics.json", "run_config.yaml", "plots/loss.png"} <= set(files)
+    assert not [f for f in files if f.startswith(("checkpoints", "cache", ".")) or f == "train.log"], files
+    assert "local_files_only" not in (folder / "tokenizer_config.json").read_text()
+
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.license == "apache-2.0" and card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == "text-generation"
+    assert {"gpt2", "gpt-scratch", "custom_code"} <= set(card.data.tags)
+    assert card.data.datasets == ["alice/tiny-corpus"] and card.data.base_model is None
+    assert card.data.model_name == "tiny-gpt" and eval_set(card) == CAUSAL_EVALS
+    assert "](plots/loss.png)" in card.text and "AutoModelForCausalLM" in card.text
+    assert "````text\nEvery effort moves you ```closer```\n\n\nend\n````" in card.text  # fenced, kept verbatim
+
+    assert TOKEN not in out + err and TOKEN not in all_text(folder)
+    result = check_in_clean_python(tmp_path / "check", files, folder, "causal", "alice/tiny-gpt")
+    assert result["new_tokens"] > 0
+
+
+@pytest.mark.slow
+def test_dry_run_classifier(tmp_path, tokenizer_dir, capfd, monkeypatch, forbid_network):
+    from huggingface_hub import ModelCard
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    folder = build_run_folder(tmp_path / "clf", tokenizer_dir, kind="classifier")
+    rc, out, err = publish(capfd, "--model", folder, "--repo-id", "alice/tiny-spam", "--dry-run", "--private")
+    assert rc == 0, err
+    assert "classified as" in out
+
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.pipeline_tag == "text-classification"
+    assert card.data.base_model == "alice/gpt-tiny-base" and card.data.datasets is None
+    assert eval_set(card) == CLASSIFIER_EVALS
+    assert "`ham`, `spam`" in card.text and 'pipeline("text-classification"' in card.text
+
+    files = listed_files(out)
+    assert "generation_config.json" not in files and "model.safetensors" in files
+    assert TOKEN not in out + err and TOKEN not in all_text(folder)
+    result = check_in_clean_python(tmp_path / "check", files, folder, "classifier", "alice/tiny-spam")
+    assert set(result["labels"]) <= {"ham", "spam"} and len(result["labels"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# refusals before anything is sent
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "remove, named",
+    [
+        (["tokenizer.json", "tokenizer_config.json"], "tokenizer"),
+        (["model.safetensors"], "model.safetensors"),
+        (["modeling_gpt_scratch.py", "generation_config.json"], "modeling_gpt_scratch.py; generation_config.json"),
+    ],
+)
+def test_incomplete_folder_is_refused(tmp_path, tokenizer_dir, capfd, monkeypatch, forbid_network, remove, named):
+    import pipelines.publish as publish_module
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(publish_module.subprocess, "run", lambda *a, **k: pytest.fail("verification started"))
+    folder = build_run_folder(tmp_path / "run", tokenizer_dir)
+    for name in remove:
+        (folder / name).unlink()
+    before = snapshot(folder)
+    rc, out, err = publish(capfd, "--model", folder, "--repo-id", "alice/tiny-gpt")
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "missing:" in lines[0] and named in lines[0], err
+    assert "Traceback" not in err and TOKEN not in out + err
+    assert snapshot(folder) == before  # refused before the cards were even refreshed
+
+
+def test_token_in_a_file_is_refused(tmp_path, tokenizer_dir, capfd, monkeypatch, forbid_network):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    folder = build_run_folder(tmp_path / "run", tokenizer_dir)
+    with open(folder / "run_config.yaml", "a") as f:
+        f.write(f"judge_api_key: {TOKEN}\n")
+    rc, out, err = publish(capfd, "--model", folder, "--repo-id", "alice/tiny-gpt", "--dry-run")
+    assert rc == 2 and "run_config.yaml" in err and "contains your Hugging Face token" in err
+    assert TOKEN not in out + err
+    assert TOKEN not in (folder / "README.md").read_text() + (folder / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_code_that_needs_the_installed_package_is_refused(tmp_path, tokenizer_dir, capfd, monkeypatch,
+                                                          forbid_network):
+    """An absolute import of the own package works here (it is installed) but not on the Hub: caught before upload."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    folder = build_run_folder(tmp_path / "run", tokenizer_dir)
+    code = folder / "modeling_gpt_scratch.py"
+    code.write_text("import modeling_gpt_scratch  # noqa\n" + code.read_text())
+    rc, out, err = publish(capfd, "--model", folder, "--repo-id", "alice/tiny-gpt", "--dry-run")
+    assert rc == 2, out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "does not load through remote code in a clean Python" in lines[0], err
+    assert "modeling_gpt_scratch" in lines[0] and "files that would be sent" not in out
+
+
+def test_no_token_is_refused(tmp_path, tokenizer_dir, capfd, monkeypatch, forbid_network):
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    folder = build_run_folder(tmp_path / "run", tokenizer_dir)
+    rc, out, err = publish(capfd, "--model", folder, "--repo-id", "alice/tiny-gpt")
+    assert rc == 2 and "hf auth login" in err and "HF_TOKEN" in err and len(err.strip().splitlines()) == 1
+
+
+def test_offline_mode_is_refused_before_any_work(tmp_path, tokenizer_dir, capfd, monkeypatch, forbid_network):
+    import pipelines.publish as publish_module
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(publish_module.subprocess, "run", lambda *a, **k: pytest.fail("verification started"))
+    folder = build_run_folder(tmp_path / "run", tokenizer_dir)  # the suite runs with HF_HUB_OFFLINE=1
+    rc, out, err = publish(capfd, "--model", folder, "--repo-id", "alice/tiny-gpt")
+    assert rc == 2 and "HF_HUB_OFFLINE" in err and "--dry-run" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("repo_id", ["tiny-gpt", "alice/bob/tiny", "alice/tiny--gpt", "-alice/tiny", "alice/x.git",
+                                     "alice/" + "x" * 100, "alice/tiny gpt"])
+def test_bad_repo_id_is_refused(tmp_path, capfd, forbid_network, repo_id):
+    rc, out, err = publish(capfd, "--model", tmp_path, f"--repo-id={repo_id}", "--dry-run")
+    assert rc == 2 and "not a valid Hub model id" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the upload itself
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_upload_sends_exactly_the_listed_files(tmp_path, tokenizer_dir, capfd, monkeypatch):
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi, constants
+
+    calls = {}
+
+    def record(name, result):
+        def method(self, *args, **kwargs):
+            calls[name] = (self.token, args, kwargs)
+            return result
+
+        return method
+
+    monkeypatch.setattr(HfApi, "create_repo", record("create_repo", "https://huggingface.co/alice/tiny-gpt"))
+    monkeypatch.setattr(HfApi, "create_branch", record("create_branch", None))
+    monkeypatch.setattr(HfApi, "upload_folder", record("upload_folder", SimpleNamespace(commit_url="https://c/1")))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite runs offline; the Hub here is a fake
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    folder = build_run_folder(tmp_path / "run", tokenizer_dir)
+    rc, out, err = publish(capfd, "--model", folder, "--repo-id", "alice/tiny-gpt", "--private", "--revision", "dev",
+                           "--commit-message", "first upload")
+    assert rc == 0, err
+    token, args, kwargs = calls["create_repo"]
+    assert token == TOKEN and args == ("alice/tiny-gpt",) and kwargs["private"] is True and kwargs["exist_ok"]
+    assert calls["create_branch"][2]["branch"] == "dev"
+    token, _, kwargs = calls["upload_folder"]
+    assert token == TOKEN and Path(kwargs["folder_path"]) == folder
+    assert kwargs["revision"] == "dev" and kwargs["commit_message"] == "first upload"
+    from pipelines.publish import files_to_upload
+
+    assert sorted(kwargs["allow_patterns"]) == files_to_upload(folder)
+    assert "published:" in out and TOKEN not in out + err
+
+
+@pytest.mark.slow
+def test_network_failure_is_one_line_and_leaves_the_folder(tmp_path, tokenizer_dir):
+    """Real huggingface_hub client, real CLI process, a closed local port as the Hub."""
+    folder = build_run_folder(tmp_path / "run", tokenizer_dir)
+    write_cards_and_strip = {"README.md", "report.md", "tokenizer_config.json"}
+    before = snapshot(folder)
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_TOKEN=TOKEN, HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf-home"),
+               PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "publish", "--model", str(folder), "--repo-id", "alice/tiny-gpt"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpt-scratch publish: error: could not reach the Hugging Face Hub")
+    assert "127.0.0.1:9" in lines[0] and "Traceback" not in proc.stderr
+    assert TOKEN not in proc.stdout + proc.stderr and TOKEN not in all_text(folder)
+
+    after = snapshot(folder)
+    assert set(after) == set(before)  # no stray temp files
+    assert {k for k in after if after[k] != before[k]} <= write_cards_and_strip
+    tokenizer_config.pop("local_files_only")
+    assert json.loads((folder / "tokenizer_config.json").read_text()) == tokenizer_config
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# push_to_hub (inherited from PreTrainedModel) sends what save_pretrained writes
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head", ["GPTScratchForCausalLM", "GPTScratchForSequenceClassification"])
+def test_save_pretrained_carries_the_code(tmp_path, head):
+    import modeling_gpt_scratch
+
+    config = modeling_gpt_scratch.GPTScratchConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64
+    )
+    getattr(modeling_gpt_scratch, head)(config).save_pretrained(tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", "configuration_gpt_scratch.py", "modeling_gpt_scratch.py"} <= names
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoConfig"] == "configuration_gpt_scratch.GPTScratchConfig"
+    assert auto_map["AutoModelForCausalLM"].startswith("modeling_gpt_scratch.")
+    assert auto_map["AutoModelForSequenceClassification"].startswith("modeling_gpt_scratch.")
