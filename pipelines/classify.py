@@ -27,7 +27,6 @@ do not load offline, so the scores are computed with scikit-learn (which those s
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -40,6 +39,7 @@ import torch
 
 from . import config as config_schema
 from .errors import UserError
+from .generate import quiet_hf
 from .train_loop import TrainConfig, Trainer, latest_checkpoint, plot_history
 
 TRAINABLE_MODES = ("last-block", "last-two-blocks", "head", "all")
@@ -158,22 +158,6 @@ def check_causal_lm_folder(folder: Path, need_tokenizer: bool = True, flag: str 
     return config
 
 
-@contextlib.contextmanager
-def quiet_loading():
-    """Silence ``from_pretrained``'s loading report and progress bar (our own log lines say what matters)."""
-    from transformers.utils import logging as hf_logging
-
-    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bar:
-            hf_logging.enable_progress_bar()
-
-
 def load_base_as_classifier(folder: Path, names: list[str], dropout: float | None = None, flag: str = "--model"):
     """A :class:`GPTScratchForSequenceClassification` with the folder's transformer and a fresh ``score`` head."""
     from modeling_gpt_scratch import GPTScratchForSequenceClassification
@@ -183,7 +167,7 @@ def load_base_as_classifier(folder: Path, names: list[str], dropout: float | Non
     id2label, label2id = label_maps(names)
     extra = {} if dropout is None else {"hidden_dropout": dropout, "attention_dropout": dropout}
     try:
-        with quiet_loading():
+        with quiet_hf():
             model, info = GPTScratchForSequenceClassification.from_pretrained(
                 str(folder),
                 num_labels=len(names),
@@ -667,7 +651,7 @@ def load_classifier(model_dir: str, flag: str = "--model"):
         )
     tokenizer = _load_tokenizer(str(folder))
     try:
-        with quiet_loading():
+        with quiet_hf():
             model = AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=True)
     except (OSError, ValueError) as exc:
         raise UserError(f"{flag} {folder}: cannot load the classifier ({exc})") from None

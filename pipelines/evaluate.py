@@ -89,10 +89,10 @@ def lm_windows(tokens: list[int], length: int, stride: int) -> list[tuple[list[i
 
 def evaluate_lm(model_dir, data, batch_size=8, max_length=0, stride=0, text_column=None) -> dict:
     from . import data as data_module
-    from .classify import quiet_loading
+    from .generate import quiet_hf
     from .generate import load_model_and_tokenizer
 
-    with quiet_loading():
+    with quiet_hf():
         model, tokenizer = load_model_and_tokenizer(str(model_dir))
     context = model.config.max_position_embeddings
     length = min(max_length or context, context)

@@ -59,8 +59,8 @@ def check_model_folder(model_dir, need_tokenizer: bool = True) -> Path:
     return folder
 
 
-def load_model_and_tokenizer(model_dir):
-    """The model (eval mode) and tokenizer of a folder, pad = end-of-text."""
+def load_model_and_tokenizer(model_dir, device=None):
+    """The model (eval mode, on ``device`` if given) and tokenizer of a folder, pad = end-of-text."""
     from transformers import AutoModelForCausalLM
 
     from modeling_gpt_scratch.tokenization import load_tokenizer
@@ -71,6 +71,8 @@ def load_model_and_tokenizer(model_dir):
         model = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load the model in {folder}: {err}") from err
+    if device is not None:
+        model.to(device)
     model.eval()
     return model, tokenizer
 

@@ -20,10 +20,6 @@ The pieces, each usable on its own:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
-
-from .errors import UserError
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # loading
@@ -33,25 +29,10 @@ from .errors import UserError
 def load_model(folder, device: str | None = None):
     """``(model, tokenizer)`` from a model folder, in eval mode, on the GPU when there is one (or ``device``)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from modeling_gpt_scratch.tokenization import load_tokenizer
+    from .generate import load_model_and_tokenizer
 
-    path = Path(str(folder)).expanduser()
-    if not path.is_dir():
-        raise UserError(f"--model {path} is not a folder: pass a model folder (e.g. the --out of pretrain)")
-    if not (path / "config.json").is_file():
-        raise UserError(f"--model {path} has no config.json: pass a saved model folder (e.g. the --out of pretrain)")
-    tokenizer = load_tokenizer(str(path))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=True)
-    except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"cannot load the model in {path}: {err}") from err
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    model.eval()
-    return model, tokenizer
+    return load_model_and_tokenizer(folder, device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def is_instruct(tokenizer) -> bool:

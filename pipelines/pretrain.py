@@ -288,6 +288,8 @@ def pretrain(cfg: PretrainConfig) -> int:
             generation_config=generation,
             samples=samples,
         )
+        if samples:
+            accelerator.print(f"final sample: {cfg.sample_prompt}{samples[-1]['text']}")
         accelerator.print(f"run folder: {out} (load with AutoModelForCausalLM.from_pretrained)")
     accelerator.wait_for_everyone()
     return 0

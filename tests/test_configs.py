@@ -30,7 +30,7 @@ def test_gpu_recipes_budget():
 def test_experiments_config_parses():
     plan = load_plan(str(CONFIGS / "experiments-tiny-cpu.yaml"))
     assert "baseline" in plan["runs"] and len(plan["runs"]) == 8
-    assert plan["changes"]["no-amp"] == {"mixed_precision": "no"}
+    assert plan["changes"]["amp-bf16"] == {"mixed_precision": "bf16"}
 
 
 def test_accelerate_configs_are_yaml():

@@ -1,0 +1,96 @@
+"""Generation throughput: ``GPTScratchForCausalLM.generate`` vs ``GPT2LMHeadModel.generate``, same weights.
+
+Four cases, each ``max_new_tokens`` (200) new tokens: greedy and sampled (temperature 0.8, top-k 50, top-p 0.95),
+at batch 1 (a 32-token prompt) and batch 8 (prompts of 17 to 32 tokens, left-padded, with an attention mask).
+Reported: new tokens per second (batch x decode steps / median wall time) and ours / peer.  As a sanity check the
+greedy outputs of the two models must be identical token for token.
+
+    python benchmarks/bench_generate.py
+    python benchmarks/bench_generate.py --size gpt2-small --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import common  # noqa: F401  (sets the environment and sys.path)
+import torch
+from common import EOS_ID, interleaved, median, model_pair, print_header, report, spread
+
+SAMPLING = dict(do_sample=True, temperature=0.8, top_k=50, top_p=0.95)
+
+
+def prompts(batch: int, vocab: int, seed: int = 3):
+    """``(input_ids, attention_mask)``: one 32-token prompt, or ``batch`` prompts of 17..32 tokens left-padded."""
+    g = torch.Generator().manual_seed(seed)
+    if batch == 1:
+        return torch.randint(0, vocab - 1, (1, 32), generator=g), torch.ones(1, 32, dtype=torch.long)
+    lengths = [32 - (15 * i) // (batch - 1) for i in range(batch)]
+    ids = torch.full((batch, 32), EOS_ID)
+    mask = torch.zeros(batch, 32, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, 32 - n :] = torch.randint(0, vocab - 1, (n,), generator=g)
+        mask[row, 32 - n :] = 1
+    return ids, mask
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="small", choices=["tiny", "small", "gpt2-small"])
+    p.add_argument("--new-tokens", type=int, default=200)
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--modes", default="greedy,sampled")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--peer-activation", default="gelu_new", help="gelu_new (GPT-2's own) or gelu_pytorch_tanh")
+    args = p.parse_args(argv)
+
+    print_header(f"generate: {args.size}, {args.new_tokens} new tokens")
+    ours, peer = model_pair(args.size, activation=args.peer_activation)
+    results = {}
+    for batch in [int(b) for b in args.batches.split(",")]:
+        ids, mask = prompts(batch, ours.config.vocab_size)
+        for mode in args.modes.split(","):
+            kwargs = dict(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=args.new_tokens,
+                pad_token_id=EOS_ID,
+                eos_token_id=EOS_ID,
+                **(SAMPLING if mode == "sampled" else dict(do_sample=False)),
+            )
+            outputs = {}
+
+            def run(model, name):
+                def call():
+                    torch.manual_seed(0)
+                    with torch.inference_mode():
+                        outputs[name] = model.generate(**kwargs)
+
+                return call
+
+            # warm-up: a few tokens each, so that first-call costs (allocations, lazy imports) are not timed
+            for model in (peer, ours):
+                with torch.inference_mode():
+                    model.generate(**{**kwargs, "max_new_tokens": 4})
+            times = interleaved({"peer": run(peer, "peer"), "ours": run(ours, "ours")}, args.repeats, warmup=0)
+            steps = {name: out.shape[1] - ids.shape[1] for name, out in outputs.items()}
+            note = f"spread peer {spread(times['peer'])}, ours {spread(times['ours'])}"
+            if mode == "greedy":
+                same = torch.equal(outputs["peer"], outputs["ours"])
+                note += f"; greedy tokens identical: {'yes' if same else 'NO'}"
+                if not same:
+                    print("   WARNING: greedy outputs differ between ours and the peer")
+            row = report(
+                f"generate {mode} b{batch} {args.new_tokens}tok {args.size}",
+                f"GPT2LMHeadModel/{args.peer_activation}",
+                batch * steps["peer"] / median(times["peer"]),
+                batch * steps["ours"] / median(times["ours"]),
+                "tok/s",
+                note=note,
+            )
+            results[(mode, batch)] = row
+    return results
+
+
+if __name__ == "__main__":
+    main()
