@@ -140,7 +140,7 @@ def main(argv=None):
             peer_mbs,
             nbytes / 1e6 / median(times["ours_tiktoken"]),
             "MB/s",
-            note=f"{os.cpu_count()} worker processes (benchmarks/fast_encode.py); spread {spread(times['ours_tiktoken'])}",
+            note=f"{os.cpu_count()} worker processes (fast_encode.py); spread {spread(times['ours_tiktoken'])}",
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

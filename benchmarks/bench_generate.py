@@ -12,6 +12,7 @@ greedy outputs of the two models must be identical token for token.
 from __future__ import annotations
 
 import argparse
+import functools
 
 import common  # noqa: F401  (sets the environment and sys.path)
 import torch
@@ -42,10 +43,25 @@ def main(argv=None):
     p.add_argument("--modes", default="greedy,sampled")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--peer-activation", default="gelu_new", help="gelu_new (GPT-2's own) or gelu_pytorch_tanh")
+    p.add_argument(
+        "--ours", default="generate", choices=["generate", "no-fast-head", "mixin"],
+        help="for before/after figures: our generate (default); its lean loop with the output head through "
+        "lm_head (F.linear); or GenerationMixin.generate on our model (no override: the code before the speed work)",
+    )
     args = p.parse_args(argv)
 
-    print_header(f"generate: {args.size}, {args.new_tokens} new tokens")
+    variant = f", ours = {args.ours}" if args.ours != "generate" else ""
+    print_header(f"generate: {args.size}, {args.new_tokens} new tokens{variant}")
     ours, peer = model_pair(args.size, activation=args.peer_activation)
+    ours_generate = ours.generate
+    if args.ours == "mixin":
+        from transformers import GenerationMixin
+
+        ours_generate = functools.partial(GenerationMixin.generate, ours)
+    elif args.ours == "no-fast-head":
+        import modeling_gpt_scratch.modeling_gpt_scratch as mg
+
+        mg.FEW_ROWS = 0  # project_few_rows always falls back to the module call
     results = {}
     for batch in [int(b) for b in args.batches.split(",")]:
         ids, mask = prompts(batch, ours.config.vocab_size)
@@ -60,19 +76,20 @@ def main(argv=None):
             )
             outputs = {}
 
-            def run(model, name):
+            def run(generate, name):
                 def call():
                     torch.manual_seed(0)
                     with torch.inference_mode():
-                        outputs[name] = model.generate(**kwargs)
+                        outputs[name] = generate(**kwargs)
 
                 return call
 
             # warm-up: a few tokens each, so that first-call costs (allocations, lazy imports) are not timed
-            for model in (peer, ours):
+            for generate in (peer.generate, ours_generate):
                 with torch.inference_mode():
-                    model.generate(**{**kwargs, "max_new_tokens": 4})
-            times = interleaved({"peer": run(peer, "peer"), "ours": run(ours, "ours")}, args.repeats, warmup=0)
+                    generate(**{**kwargs, "max_new_tokens": 4})
+            runs = {"peer": run(peer.generate, "peer"), "ours": run(ours_generate, "ours")}
+            times = interleaved(runs, args.repeats, warmup=0)
             steps = {name: out.shape[1] - ids.shape[1] for name, out in outputs.items()}
             note = f"spread peer {spread(times['peer'])}, ours {spread(times['ours'])}"
             if mode == "greedy":
@@ -81,7 +98,8 @@ def main(argv=None):
                 if not same:
                     print("   WARNING: greedy outputs differ between ours and the peer")
             row = report(
-                f"generate {mode} b{batch} {args.new_tokens}tok {args.size}",
+                f"generate {mode} b{batch} {args.new_tokens}tok {args.size}"
+                + (f" (ours: {args.ours})" if args.ours != "generate" else ""),
                 f"GPT2LMHeadModel/{args.peer_activation}",
                 batch * steps["peer"] / median(times["peer"]),
                 batch * steps["ours"] / median(times["ours"]),

@@ -45,27 +45,14 @@ def reset_peak() -> bool:
         return False
 
 
-def old_causal_lm_loss(logits, labels, num_items_in_batch=None, ignore_index=-100):
-    """The loss as it was before the speed work (slices the logits, which copies them): for the before/after row."""
-    import torch.nn.functional as F
-
-    logits = logits[:, :-1, :].float()
-    targets = labels[:, 1:].to(logits.device)
-    reduction = "mean" if num_items_in_batch is None else "sum"
-    loss = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=ignore_index, reduction=reduction
-    )
-    return loss / num_items_in_batch if num_items_in_batch is not None else loss
-
-
 def child(side: str, size: str, batch: int, seq: int, activation: str) -> dict:
     """Runs in a fresh process: builds one side, warms up, measures one step."""
-    from bench_train import make_step
+    from bench_train import LOSSES, make_step
 
-    if side == "ours-before":
+    if side == "ours-before":  # the loss before the speed work: sliced logits, F.cross_entropy
         import modeling_gpt_scratch.modeling_gpt_scratch as mg
 
-        mg.causal_lm_loss = old_causal_lm_loss
+        mg.causal_lm_loss = LOSSES["before"]
     ours, peer = model_pair(size, activation=activation, check=False)
     model = peer if side == "peer" else ours
     del ours, peer

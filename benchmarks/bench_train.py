@@ -13,12 +13,14 @@ import argparse
 
 import common  # noqa: F401  (sets the environment and sys.path)
 import torch
+import torch.nn.functional as F
 from common import interleaved, median, model_pair, print_header, report, spread
 
 
-def make_step(model, ids, lr=1e-4):
+def make_step(model, ids, lr=1e-4, fused=False):
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    # torch's default AdamW on CPU is the multi-tensor (foreach) one, what pipelines/train_loop.py uses there
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, fused=fused or None)
 
     def step():
         loss = model(input_ids=ids, labels=ids).loss
@@ -28,6 +30,22 @@ def make_step(model, ids, lr=1e-4):
         return loss
 
     return step
+
+
+def _loss_before(logits, labels, num_items_in_batch=None, ignore_index=-100):
+    """causal_lm_loss before the speed work: the logits sliced (a copy), then F.cross_entropy."""
+    logits = logits[:, :-1, :].float()
+    targets = labels[:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=ignore_index)
+
+
+def _loss_flat(logits, labels, num_items_in_batch=None, ignore_index=-100):
+    """Labels shifted instead of logits (no copy), then F.cross_entropy."""
+    targets = F.pad(labels[:, 1:], (0, 1), value=ignore_index)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=ignore_index)
+
+
+LOSSES = {"before": _loss_before, "flat": _loss_flat}
 
 
 def first_losses(ours, peer, ids):
@@ -43,7 +61,17 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--peer-activation", default="gelu_new", help="gelu_new (GPT-2's own) or gelu_pytorch_tanh")
+    p.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True) on both sides")
+    p.add_argument(
+        "--ours-loss", default="current", choices=["current", "flat", "before"],
+        help="for before/after figures: the model's loss (default); F.cross_entropy on the flattened logits; or the "
+        "loss before the speed work (sliced logits, F.cross_entropy)",
+    )
     args = p.parse_args(argv)
+    if args.ours_loss != "current":
+        import modeling_gpt_scratch.modeling_gpt_scratch as mg
+
+        mg.causal_lm_loss = LOSSES[args.ours_loss]
 
     print_header(f"training step: {args.size}, batch {args.batch} x {args.seq} tokens, AdamW")
     ours, peer = model_pair(args.size, activation=args.peer_activation)
@@ -52,11 +80,13 @@ def main(argv=None):
     print(f"   first-step loss: ours {a:.6f}, peer {b:.6f} (|diff| {abs(a - b):.1e})")
     if abs(a - b) > 1e-4:
         raise SystemExit("the two models disagree on the loss: the comparison would be meaningless")
-    times = interleaved({"peer": make_step(peer, ids), "ours": make_step(ours, ids)}, repeats=args.repeats, warmup=1)
+    steps = {"peer": make_step(peer, ids, fused=args.fused_adamw), "ours": make_step(ours, ids, fused=args.fused_adamw)}
+    times = interleaved(steps, repeats=args.repeats, warmup=1)
     tokens = args.batch * args.seq
     peer_tps, ours_tps = tokens / median(times["peer"]), tokens / median(times["ours"])
     report(
-        f"train {args.size} b{args.batch}x{args.seq}",
+        f"train {args.size} b{args.batch}x{args.seq}" + (" fused AdamW" if args.fused_adamw else "")
+        + (f" (ours: loss {args.ours_loss})" if args.ours_loss != "current" else ""),
         f"GPT2LMHeadModel/{args.peer_activation}",
         peer_tps,
         ours_tps,

@@ -69,17 +69,39 @@ def load_average() -> float | None:
         return None
 
 
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """How many cores other processes kept busy during the last ``seconds`` (this process sleeps meanwhile).  The
+    load average is no measure here: it still counts the benchmark that ran just before."""
+    first = _cpu_ticks()
+    time.sleep(seconds)
+    second = _cpu_ticks()
+    if first is None or second is None or second[1] == first[1]:
+        return None
+    return (second[0] - first[0]) / (second[1] - first[1]) * (os.cpu_count() or 1)
+
+
 def print_header(title: str) -> None:
     m = machine()
-    load = load_average()
+    busy = busy_cores()
     print(f"== {title}")
     print(
         f"   machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}; "
-        f"python {m['python']}, torch {m['torch']}, transformers {m['transformers']}; load average {load}"
+        f"python {m['python']}, torch {m['torch']}, transformers {m['transformers']}; "
+        f"cores busy with other work: {'?' if busy is None else f'{busy:.2f}'}"
     )
-    if load is not None and load > 0.5 * (m["cores"] or 1):
+    if busy is not None and busy > 0.25:
         # with other processes on the cores, every parallel op waits for a descheduled thread: figures become noise
-        print("   WARNING: the machine is busy (load average above half the cores): timings are unreliable")
+        print("   WARNING: other processes are using the CPU: timings are unreliable (run again on an idle machine)")
 
 
 # ----------------------------------------------------------------------------------------------------------------

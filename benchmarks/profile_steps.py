@@ -44,7 +44,8 @@ def main(argv=None):
     print_header(f"profiles: {args.size}")
     ours, peer = model_pair(args.size)
     if "train" in args.only:
-        ids = torch.randint(0, ours.config.vocab_size, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, ours.config.vocab_size, (args.batch, args.seq), generator=g)
         for name, model in (("ours", ours), ("peer", peer)):
             step = make_step(model, ids)
             step()

@@ -4,7 +4,8 @@
     python benchmarks/run_all.py --quick    # smaller shapes, fewer repeats: a smoke run of a few minutes
 
 Each benchmark also runs alone: ``python benchmarks/bench_train.py --help``.  Timings on a shared machine move with
-the load of other processes; the load average is printed before and after each benchmark.
+the load of other processes: each benchmark prints how many cores other processes kept busy when it started, and
+warns when that makes its figures unreliable.
 """
 
 from __future__ import annotations
@@ -18,13 +19,6 @@ import bench_generate
 import bench_memory
 import bench_train
 import common
-
-
-def load() -> str:
-    try:
-        return open("/proc/loadavg").read().split()[0]
-    except OSError:
-        return "?"
 
 
 def main(argv=None):
@@ -42,12 +36,12 @@ def main(argv=None):
     commands = {}
     for name in args.only.split(","):
         argv_ = quick[name] if args.quick else []
-        print(f"\n-- {name}: load average {load()} before", flush=True)
+        print(f"\n-- {name}", flush=True)
         start, first_row = time.perf_counter(), len(common.ROWS)
         modules[name].main(argv_)
         for row in common.ROWS[first_row:]:
             commands[id(row)] = " ".join(["python", f"benchmarks/bench_{name}.py", *argv_])
-        print(f"-- {name}: {time.perf_counter() - start:.0f} s, load average {load()} after", flush=True)
+        print(f"-- {name}: {time.perf_counter() - start:.0f} s", flush=True)
 
     m = common.machine()
     print(f"\nMachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "

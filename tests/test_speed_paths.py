@@ -76,8 +76,9 @@ def test_greedy_batch_1_equals_generation_mixin(seed):
     got = model.generate(prompt, **kwargs)
     assert torch.equal(got, expected)
     # use_cache=False: GenerationMixin's full recomputation; our override hands it over unchanged
-    assert torch.equal(model.generate(prompt, use_cache=False, **kwargs), mixin_generate(model, prompt, use_cache=False, **kwargs))
-    assert torch.equal(got, mixin_generate(model, prompt, use_cache=False, **kwargs))
+    uncached = mixin_generate(model, prompt, use_cache=False, **kwargs)
+    assert torch.equal(model.generate(prompt, use_cache=False, **kwargs), uncached)
+    assert torch.equal(got, uncached)
 
 
 def test_greedy_left_padded_batch_equals_generation_mixin():
@@ -360,7 +361,9 @@ def test_project_few_rows_is_linear(rows, bias):
     assert calls == [1]  # a module with hooks is called, not bypassed
 
 
-def test_causal_lm_loss_equals_shifted_cross_entropy():
+@pytest.mark.parametrize("chunk_rows", [1, 3, 1000])
+def test_causal_lm_loss_equals_shifted_cross_entropy(monkeypatch, chunk_rows):
+    monkeypatch.setattr(mg.ChunkedCrossEntropy, "CHUNK_BYTES", chunk_rows * 40 * 4)  # rows of 40 float32 logits
     torch.manual_seed(0)
     logits = torch.randn(3, 11, 40, requires_grad=True)
     labels = torch.randint(0, 40, (3, 11))
@@ -371,5 +374,22 @@ def test_causal_lm_loss_equals_shifted_cross_entropy():
     g_ref, = torch.autograd.grad(reference, logits)
     g, = torch.autograd.grad(loss, logits)
     torch.testing.assert_close(g, g_ref, atol=1e-7, rtol=1e-6)
+    # Trainer's num_items_in_batch: the sum divided by it
     summed = F.cross_entropy(logits[:, :-1].reshape(-1, 40), labels[:, 1:].reshape(-1), reduction="sum") / 17
-    torch.testing.assert_close(mg.causal_lm_loss(logits, labels, num_items_in_batch=17), summed)
+    loss = mg.causal_lm_loss(logits, labels, num_items_in_batch=17)
+    torch.testing.assert_close(loss, summed)
+    torch.testing.assert_close(torch.autograd.grad(loss, logits)[0], torch.autograd.grad(summed, logits)[0])
+    # nothing to predict: NaN, as F.cross_entropy gives
+    assert torch.isnan(mg.causal_lm_loss(logits, torch.full((3, 11), -100)))
+
+
+def test_model_loss_with_labels_matches_plain_cross_entropy():
+    model = tiny_lm(scale=0.05).train()
+    ids = ids_between(0, VOCAB, 2, 12)
+    out = model(ids, labels=ids)
+    reference = F.cross_entropy(out.logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, reference, atol=1e-6, rtol=1e-6)
+    grads = torch.autograd.grad(out.loss, list(model.parameters()), retain_graph=True)
+    ref_grads = torch.autograd.grad(reference, list(model.parameters()))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
