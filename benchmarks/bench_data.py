@@ -1,13 +1,15 @@
 """Data preparation throughput: text files -> token shards, ours vs a single-process tiktoken loop.
 
-* Corpus: ``/work/shared/data/*.txt`` (or ``--data``) and CPython's ``pydoc_data.topics``, one document per file,
-  repeated to ``--mb`` megabytes and written once to a temporary folder.
+* Corpus: ``../shared/data/*.txt`` beside the repository (or ``--data``) and CPython's ``pydoc_data.topics``, one
+  document per file, repeated to ``--mb`` megabytes and written once to a temporary folder.
 * Vocabulary: a GPT-2-style byte-level BPE trained on the corpus with the project's ``train_bpe_tokenizer``.  The
   peer gets the *same* vocabulary as a ``tiktoken.Encoding`` built from it (its ranks are the BPE's token ids, whose
   order is the merge order; GPT-2's split pattern; ``<|endoftext|>`` as the special token), so both sides produce the
   same ids -- the benchmark counts the tokens that differ.
-* Ours: ``pipelines.data.get_or_build_token_shards(folder, tokenizer, fresh cache folder)``: read the files, encode
-  them with the Rust tokenizer's ``encode_batch`` (multi-threaded), write ``uint16`` shards + metadata.
+* Ours: ``pipelines.data.get_or_build_token_shards(folder, tokenizer, fresh cache folder)``, the pipeline as users
+  run it: read the files, encode them with ``pipelines.fast_bpe.FastBPE`` (the C extension ``pipelines._bpe``, all
+  cores; the benchmark says so when it is not built and the ``tokenizers`` path runs instead), write ``uint16``
+  shards + metadata.
 * Peer: the same files read in the same order, ``Encoding.encode_ordinary`` per document in one process and thread,
   ids + end-of-text appended to a list, written as one ``uint16`` file.
 
@@ -29,9 +31,8 @@ from pathlib import Path
 import common  # noqa: F401  (sets the environment and sys.path)
 import numpy as np
 from common import interleaved, median, print_header, report, spread
-from fast_encode import TiktokenEncoder, make_encoding, tiktoken_parts
 
-SHARED_DATA = Path(os.environ.get("GPT_SCRATCH_SHARED_DATA", "/work/shared/data"))
+SHARED_DATA = Path(os.environ.get("GPT_SCRATCH_SHARED_DATA", common.REPO.parent / "shared" / "data"))
 
 
 def base_documents(data_glob: str) -> list[str]:
@@ -54,13 +55,41 @@ def write_corpus(docs: list[str], megabytes: float, folder: Path) -> int:
     return total
 
 
+# GPT-2's pre-tokenisation pattern as tiktoken writes it; tokenizers' ByteLevel(use_regex=True) splits the same way
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def byte_decoder() -> dict[str, int]:
+    """GPT-2's table of 256 printable characters standing for bytes, inverted (character -> byte)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, n = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
 def tiktoken_from_hf(tokenizer):
     """A ``tiktoken.Encoding`` with the vocabulary of a byte-level BPE ``PreTrainedTokenizerFast``.
 
     tiktoken's ranks are both merge priorities and token ids.  The ``tokenizers`` trainer numbers the learned tokens in
     the order of their merges, after the special token and the 256 bytes, so the BPE's ids serve as ranks as they are.
     """
-    return make_encoding(*tiktoken_parts(tokenizer))
+    import tiktoken
+
+    decode = byte_decoder()
+    specials = set(tokenizer.all_special_tokens)
+    special = {t: i for t, i in tokenizer.get_vocab().items() if t in specials}
+    ranks = {}
+    for token, idx in tokenizer.backend_tokenizer.get_vocab(with_added_tokens=False).items():
+        if not all(ch in decode for ch in token):
+            raise ValueError(f"token {token!r} is not byte-level BPE: tiktoken cannot reproduce this tokenizer")
+        ranks[bytes(decode[ch] for ch in token)] = idx
+    return tiktoken.Encoding(name="gpt-scratch-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens=special)
 
 
 def peer_build(files: list[Path], enc, eos_id: int, out_file: Path) -> np.ndarray:
@@ -83,7 +112,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from modeling_gpt_scratch.tokenization import train_bpe_tokenizer
-    from pipelines.data import build_token_shards, get_or_build_token_shards, iter_documents, load_tokens
+    from pipelines.data import get_or_build_token_shards, load_tokens
+    from pipelines.fast_bpe import FastBPE
 
     print_header(f"data preparation: {args.mb:g} MB of text -> uint16 token shards")
     print(f"   TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', '(unset: on)')}, "
@@ -92,6 +122,8 @@ def main(argv=None):
     tokenizer = train_bpe_tokenizer(docs, args.vocab_size)
     enc = tiktoken_from_hf(tokenizer)
     eos = tokenizer.eos_token_id
+    fast = FastBPE.from_tokenizer(tokenizer)
+    encoder = f"FastBPE, {fast.num_threads} threads" if fast else "tokenizers' encode_batch (FastBPE unavailable)"
 
     work = Path(tempfile.mkdtemp(prefix="bench-data-"))
     try:
@@ -106,41 +138,29 @@ def main(argv=None):
             runs["n"] += 1
             return work / f"{name}{runs['n']}"
 
-        def ours():  # the pipeline as it is: get_or_build_token_shards with the Rust tokenizer
+        def ours():  # the pipeline as users run it: get_or_build_token_shards (FastBPE when available)
             results["ours"] = get_or_build_token_shards(str(corpus), tokenizer, fresh("cache"))
-
-        def ours_tiktoken():  # the same shard builder, encode_batch from benchmarks/fast_encode.py
-            with TiktokenEncoder(tokenizer, check_texts=docs[:20]) as encoder:
-                results["ours_tiktoken"] = build_token_shards(
-                    iter_documents(str(corpus)), encoder, eos, fresh("tt"), vocab_size=len(tokenizer)
-                )
 
         def peer():
             results["peer"] = peer_build(files, enc, eos, work / "peer.bin")
 
-        variants = {"peer": peer, "ours": ours, "ours_tiktoken": ours_tiktoken}
+        variants = {"peer": peer, "ours": ours}
         times = interleaved(variants, repeats=args.repeats, warmup=1)
         theirs = results["peer"].astype(np.int64)
-        for name in ("ours", "ours_tiktoken"):
-            mine = np.asarray(load_tokens(results[name]), dtype=np.int64)
-            same = mine.shape == theirs.shape and bool((mine == theirs).all())
-            print(f"   {name}: {len(mine)} tokens, {'identical to the peer' if same else 'DIFFERENT from the peer'}")
-        peer_mbs = nbytes / 1e6 / median(times["peer"])
+        mine = np.asarray(load_tokens(results["ours"]), dtype=np.int64)
+        same = mine.shape == theirs.shape and bool((mine == theirs).all())
+        differ = int((mine != theirs).sum()) if mine.shape == theirs.shape else abs(len(mine) - len(theirs))
+        print(f"   ours: {len(mine)} tokens, "
+              f"{'identical to the peer' if same else f'DIFFERENT from the peer ({differ} tokens)'}")
+        if not same:
+            raise SystemExit("bench_data: our tokens differ from tiktoken's; the figures would mean nothing")
         report(
             f"data prep {args.mb:g}MB: get_or_build_token_shards",
             "tiktoken 1 process",
-            peer_mbs,
+            nbytes / 1e6 / median(times["peer"]),
             nbytes / 1e6 / median(times["ours"]),
             "MB/s",
-            note=f"spread peer {spread(times['peer'])}, ours {spread(times['ours'])}",
-        )
-        report(
-            f"data prep {args.mb:g}MB: build_token_shards+TiktokenEncoder",
-            "tiktoken 1 process",
-            peer_mbs,
-            nbytes / 1e6 / median(times["ours_tiktoken"]),
-            "MB/s",
-            note=f"{os.cpu_count()} worker processes (fast_encode.py); spread {spread(times['ours_tiktoken'])}",
+            note=f"{encoder}; spread peer {spread(times['peer'])}, ours {spread(times['ours'])}",
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

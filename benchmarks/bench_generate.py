@@ -44,9 +44,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--peer-activation", default="gelu_new", help="gelu_new (GPT-2's own) or gelu_pytorch_tanh")
     p.add_argument(
-        "--ours", default="generate", choices=["generate", "no-fast-head", "mixin"],
-        help="for before/after figures: our generate (default); its lean loop with the output head through "
-        "lm_head (F.linear); or GenerationMixin.generate on our model (no override: the code before the speed work)",
+        "--ours", default="generate", choices=["generate", "no-few-rows", "mixin"],
+        help="for before/after figures: our generate (default); its lean loop with every projection through "
+        "F.linear (no project_few_rows); or GenerationMixin.generate on our model (no override: the code before the speed work)",
     )
     args = p.parse_args(argv)
 
@@ -58,7 +58,7 @@ def main(argv=None):
         from transformers import GenerationMixin
 
         ours_generate = functools.partial(GenerationMixin.generate, ours)
-    elif args.ours == "no-fast-head":
+    elif args.ours == "no-few-rows":
         import modeling_gpt_scratch.modeling_gpt_scratch as mg
 
         mg.FEW_ROWS = 0  # project_few_rows always falls back to the module call

@@ -32,6 +32,50 @@ from transformers.modeling_outputs import (
 from .configuration_gpt_scratch import GPTScratchConfig
 
 
+def project_few_rows(linear: nn.Linear, x, contiguous: bool = True):
+    """``linear(x)``; for a few rows (a decoding step) on CPU in float32, computed as ``(weight @ x.T).T``.
+
+    Every projection of the model goes through here.  Same product, another BLAS call: measured with torch 2.13 (MKL)
+    on a 2-core AMD EPYC, ``F.linear`` with 1 to 64 rows takes MKL's small-M path, ``weight @ x.T`` a gemm with few
+    columns that streams the weight through both cores: 6.4 against 11.7 ms for a 50257 x 384 output head, and
+    5.5 against 8.2 ms for the 24 projections of a 6-layer, 384-wide model at one token.  One row is a
+    single-threaded gemv, so it is computed twice (two columns make a gemm).  The result equals ``F.linear``'s to
+    float rounding.  Modules with hooks, a replaced forward or another type (adapters, quantised layers, offloading)
+    are called as usual, and so is every module on other devices and dtypes.
+
+    ``contiguous=False`` may return a transposed view instead of copying the result into row-major order: for the
+    output head at batch 8 the copy costs twice what the argmax or top-k that reads it does.
+    """
+    # This runs 4 times a layer at every decoding step: plain attribute reads and methods, no tensor indexing
+    # (``t[:, :n]`` costs more Python time than a small product here).
+    width = x.shape[-1]
+    rows = x.numel() // width if width else 0
+    weight = linear.weight
+    if (
+        not 0 < rows <= FEW_ROWS
+        or type(linear) is not nn.Linear
+        or weight.device.type != "cpu"
+        or weight.dtype != torch.float32
+        or x.dtype != torch.float32
+        or linear._forward_hooks
+        or linear._forward_pre_hooks
+        or "_hf_hook" in linear.__dict__  # Accelerate's offloading and device hooks
+        or "forward" in linear.__dict__
+    ):
+        return linear(x)
+    flat = x.reshape(rows, width)
+    columns = torch.cat((flat, flat)).t() if rows == 1 else flat.t()
+    bias = linear.bias
+    out = torch.mm(weight, columns) if bias is None else torch.addmm(bias.unsqueeze(1), weight, columns)
+    out = out.narrow(1, 0, rows).t()
+    return out.contiguous().view(*x.shape[:-1], weight.shape[0]) if contiguous else out.reshape(*x.shape[:-1], -1)
+
+
+FEW_ROWS = 64
+"""Up to this many rows :func:`project_few_rows` uses ``weight @ x.T``; beyond, transposing the result back costs
+about what it saves."""
+
+
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention.
 
@@ -52,7 +96,7 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x, attn_mask=None, past_key_values=None):
         batch, seq_len, width = x.shape
         # (batch, seq, 3 * width) -> three tensors of (batch, heads, seq, head_dim)
-        qkv = self.qkv_proj(x).view(batch, seq_len, 3, self.num_heads, self.head_dim)
+        qkv = project_few_rows(self.qkv_proj, x).view(batch, seq_len, 3, self.num_heads, self.head_dim)
         queries, keys, values = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if past_key_values is not None:
             keys, values = past_key_values.update(keys, values, self.layer_idx)
@@ -67,7 +111,7 @@ class MultiHeadAttention(nn.Module):
             is_causal=attn_mask is None and seq_len > 1,
         )
         context = context.transpose(1, 2).reshape(batch, seq_len, width)
-        return self.out_proj(context)
+        return project_few_rows(self.out_proj, context)
 
 
 class FeedForward(nn.Module):
@@ -80,7 +124,7 @@ class FeedForward(nn.Module):
         self.fc_out.is_residual_projection = True
 
     def forward(self, x):
-        return self.fc_out(F.gelu(self.fc_in(x), approximate="tanh"))
+        return project_few_rows(self.fc_out, F.gelu(project_few_rows(self.fc_in, x), approximate="tanh"))
 
 
 class TransformerBlock(GradientCheckpointingLayer):
@@ -126,6 +170,13 @@ class GPTScratchPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading_info) when asked for
+        align_cpu_parameters(model)
+        return loaded
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         # One folder opens through every Auto class, whichever head was saved.
         self.config.auto_map = {
@@ -135,6 +186,18 @@ class GPTScratchPreTrainedModel(PreTrainedModel):
             "AutoModelForSequenceClassification": "modeling_gpt_scratch.GPTScratchForSequenceClassification",
         }
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def align_cpu_parameters(model, alignment: int = 64) -> None:
+    """Copy CPU parameters that do not start on an ``alignment``-byte boundary into fresh (aligned) memory.
+
+    Weights loaded from safetensors are views into the file's mapping, 16 bytes past a 64-byte boundary, and BLAS
+    picks its kernels (and so the order of its sums) by alignment too: realigned, a loaded model computes bit for bit
+    what the saved one did.  Tied parameters stay tied (the shared ``Parameter`` gets the new storage)."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.device.type == "cpu" and param.data_ptr() % alignment:
+                param.data = param.data.clone()
 
 
 def build_attention_mask(attention_mask, seq_len: int, past_len: int, device):
@@ -156,45 +219,6 @@ def build_attention_mask(attention_mask, seq_len: int, past_len: int, device):
         mask = mask & attention_mask[:, None, None, -kv_len:].bool()
         mask = mask | (key_pos == query_pos)[None, None]
     return mask
-
-
-def project_few_rows(linear: nn.Linear, x):
-    """``linear(x)`` for a few rows (a decoding step) on CPU in float32, computed as ``(weight @ x.T).T``.
-
-    Same product, another BLAS call: the output head of ``generate``'s lean loop.  Measured with torch 2.13 (MKL) on a
-    2-core AMD EPYC for a 50257 x 384 head: ``F.linear`` with 2 to 64 rows takes MKL's small-M path at 15-26 ms a
-    call, ``weight @ x.T`` 5-12 ms; one row is a single-threaded gemv (6.5 ms) where two columns make a gemm on both
-    cores (4 ms), so a single row is computed twice.  The result equals ``F.linear``'s to float rounding, not bit for
-    bit (and for few rows it depends on the weight's memory alignment, so a loaded model could differ from the saved
-    one in the last bit): ``forward`` therefore keeps ``F.linear``, and greedy decoding settles near-ties with it
-    (``GPTScratchForCausalLM._greedy_token``).  Modules with hooks, a replaced forward or another type (adapters,
-    quantised layers, offloading) are called as usual.
-    """
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    weight = linear.weight
-    if (
-        not 0 < rows <= FEW_ROWS
-        or type(linear) is not nn.Linear
-        or weight.device.type != "cpu"
-        or weight.dtype != torch.float32
-        or linear._forward_hooks
-        or linear._forward_pre_hooks
-        or getattr(linear, "_hf_hook", None) is not None
-        or "forward" in linear.__dict__
-    ):
-        return linear(x)
-    flat = x.reshape(rows, x.shape[-1])
-    columns = torch.cat([flat, flat]).t() if rows == 1 else flat.t()
-    if linear.bias is None:
-        out = weight @ columns
-    else:
-        out = torch.addmm(linear.bias[:, None], weight, columns)
-    return out[:, :rows].t().contiguous().view(*x.shape[:-1], weight.shape[0])
-
-
-FEW_ROWS = 64
-"""Up to this many rows :func:`project_few_rows` uses ``weight @ x.T``; beyond, transposing the result back costs
-about what it saves."""
 
 
 class KVBuffer:
@@ -222,10 +246,11 @@ class KVBuffer:
             shape = (*keys.shape[:-2], self.max_length, keys.shape[-1])
             self.keys[layer_idx] = keys.new_empty(shape)
             self.values[layer_idx] = values.new_empty(shape)
-        self.keys[layer_idx][..., start:end, :].copy_(keys)
-        self.values[layer_idx][..., start:end, :].copy_(values)
+        key_buffer, value_buffer = self.keys[layer_idx], self.values[layer_idx]
+        key_buffer.narrow(-2, start, end - start).copy_(keys)
+        value_buffer.narrow(-2, start, end - start).copy_(values)
         self.lengths[layer_idx] = end
-        return self.keys[layer_idx][..., :end, :], self.values[layer_idx][..., :end, :]
+        return key_buffer.narrow(-2, 0, end), value_buffer.narrow(-2, 0, end)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.lengths[layer_idx]
@@ -491,7 +516,7 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
                 hidden = hidden[:, -logits_to_keep:]
         else:
             hidden = hidden[:, logits_to_keep]
-        logits = self.lm_head(hidden)
+        logits = project_few_rows(self.lm_head, hidden)
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels, kwargs.get("num_items_in_batch"))
@@ -574,47 +599,14 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         )
 
     def _lean_step(self, input_ids, position_ids, attn_mask, cache):
-        """One forward pass that appends to ``cache``.  Returns the final-normed hidden states of the new positions
-        and the next-token logits of the last one in float32, computed by :func:`project_few_rows` (``forward``'s
-        to float rounding; exactly ``forward``'s where that falls back to ``lm_head``)."""
+        """One forward pass that appends to ``cache``: the next-token logits of the last position in float32,
+        computed exactly as ``forward(..., logits_to_keep=1)`` computes them (possibly as a transposed view)."""
         body = self.transformer
         x = body.drop_emb(body.tok_emb(input_ids) + body.pos_emb(position_ids))
         for block in body.blocks:
             x = block(x, attn_mask, cache)
         hidden = body.final_norm(x)
-        return hidden, project_few_rows(self.lm_head, hidden[:, -1:])[:, -1].float()
-
-    def _rounding_bounds(self):
-        """``(b, b0)``: two float32 evaluations of a logit ``h . w_j + c_j``, in any summation order, differ by at
-        most ``b * ||h|| + b0``.  Each is within ``gamma_n * (sum_k |h_k w_jk| + |c_j|)`` of the exact value, with
-        ``gamma_n = n u / (1 - n u)``, ``n = K + 1`` terms, ``u = 2**-24`` (Higham, *Accuracy and Stability of Numerical
-        Algorithms*, 2002, section 3.1), and the sum is at most ``||h|| max_j ||w_j||`` (Cauchy-Schwarz).  Cached for
-        the head's weights until they change."""
-        weight, bias = self.lm_head.weight, self.lm_head.bias
-        key = (weight.data_ptr(), weight._version, weight.shape, None if bias is None else bias._version)
-        cached = getattr(self, "_lean_bounds_cache", None)
-        if cached is None or cached[0] != key:
-            n_u = (weight.shape[1] + 1) * 2.0**-24
-            gamma = n_u / (1 - n_u) * 1.01  # 1% slack for the norms' own rounding
-            row_norm = float(weight.detach().float().norm(dim=1).max())
-            bias_max = 0.0 if bias is None else float(bias.detach().float().abs().max())
-            cached = (key, (2 * gamma * row_norm, 2 * gamma * bias_max))
-            self._lean_bounds_cache = cached
-        return cached[1]
-
-    def _greedy_token(self, hidden, logits, bounds):
-        """``argmax`` of the logits ``forward`` returns for this step, bit for bit.
-
-        The fast logits decide unless their best two are within the rounding bound, where the fast and ``forward``'s
-        product could rank them differently: then the step's logits are recomputed as ``forward`` computes them
-        (``lm_head`` on the last position of the final-normed states).  Such near-ties are rare."""
-        if logits.shape[-1] > 1:
-            best, second = logits.topk(2, dim=-1).values.unbind(-1)
-            # each logit may move by b * ||h|| + b0: two can swap only if their gap is below twice that
-            margin = 2 * (bounds[0] * hidden[:, -1].float().norm(dim=-1) + bounds[1])
-            if bool(((best - second) <= margin).any()):
-                logits = self.lm_head(hidden[:, -1:])[:, -1].float()
-        return logits.argmax(-1)
+        return project_few_rows(self.lm_head, hidden[:, -1:], contiguous=False)[:, -1].float()
 
     def _lean_generate(self, input_ids, attention_mask, max_new_tokens, sampling, eos, pad, streamer):
         batch, prompt_len = input_ids.shape
@@ -634,9 +626,8 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         else:
             position_ids = torch.arange(prompt_len, device=device)[None]
         decode_positions = position_ids[:, -1:] + torch.arange(1, max_new_tokens + 1, device=device)
-        # top_k=1 keeps only the most likely token: greedy decoding, with its exactness
+        # top_k=1 keeps only the most likely token: greedy decoding
         greedy = sampling is None or sampling[1] == 1
-        bounds = self._rounding_bounds() if greedy else None
 
         cache = KVBuffer(self.config.num_hidden_layers, total)
         out = torch.empty(batch, total, dtype=torch.long, device=device)  # int64, as GenerationMixin returns
@@ -645,10 +636,10 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
             streamer.put(input_ids.cpu())
         eos_ids = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
         unfinished = torch.ones(batch, dtype=torch.bool, device=device)
-        hidden, logits = self._lean_step(input_ids, position_ids, prefill_mask, cache)
+        logits = self._lean_step(input_ids, position_ids, prefill_mask, cache)
         length = total
         for step in range(max_new_tokens):
-            tokens = self._greedy_token(hidden, logits, bounds) if greedy else sample_next_token(logits, *sampling)
+            tokens = logits.argmax(-1) if greedy else sample_next_token(logits, *sampling)
             if eos_ids is not None:  # finished rows get padding, as in GenerationMixin
                 tokens = torch.where(unfinished, tokens, pad)
             at = prompt_len + step
@@ -662,7 +653,7 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
                     break
             if step + 1 < max_new_tokens:
                 mask = seen[..., : at + 1] if seen is not None else None
-                hidden, logits = self._lean_step(tokens[:, None], decode_positions[:, step : step + 1], mask, cache)
+                logits = self._lean_step(tokens[:, None], decode_positions[:, step : step + 1], mask, cache)
         if streamer is not None:
             streamer.end()
         return out[:, :length].contiguous()

@@ -77,6 +77,7 @@ class TrainConfig:
 PEAK_BF16_FLOPS = {
     "H200": 989e12,
     "H100 SXM": 989e12,
+    "H100 80GB HBM3": 989e12,  # the SXM board's name in torch.cuda.get_device_name
     "H100 NVL": 835e12,
     "H100 PCIe": 756e12,
     "H100": 756e12,
@@ -101,11 +102,42 @@ def device_peak_flops(device: torch.device) -> float | None:
 
 
 def flops_per_token(model, seq_len: int) -> float:
-    """Training FLOPs per token: 6 per non-embedding parameter plus attention (Kaplan et al., 2020, section 2.1)."""
+    """Training FLOPs per token: 6 per parameter that multiplies (forward 2, backward 4), plus attention's
+    ``12 * layers * width * seq_len`` (Kaplan et al., 2020, section 2.1; PaLM, Chowdhery et al., 2022, appendix B).
+
+    Embedding lookups do no arithmetic: the position table is left out, and so is the token table unless the output
+    head shares it (then it is the head's matrix, counted once)."""
     config = model.config
-    n_params = sum(p.numel() for p in model.parameters())
-    n_params -= config.max_position_embeddings * config.hidden_size
-    return 6 * n_params + 12 * config.num_hidden_layers * config.hidden_size * seq_len
+    params = {p.data_ptr(): p.numel() for p in model.parameters()}  # a tied matrix once
+    lookups = [model.get_input_embeddings()]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and head.weight.data_ptr() == lookups[0].weight.data_ptr():
+        lookups = []
+    base = getattr(model, model.base_model_prefix, model)
+    if hasattr(base, "pos_emb"):
+        lookups.append(base.pos_emb)
+    for table in lookups:
+        params.pop(table.weight.data_ptr(), None)
+    return 6 * sum(params.values()) + 12 * config.num_hidden_layers * config.hidden_size * seq_len
+
+
+def compile_with_fallback(model, log: Callable[[str], None]):
+    """``torch.compile(model)``; a function the compiler cannot handle (no Triton or C++ toolchain, an unsupported
+    operation) runs eagerly instead of stopping the run.
+
+    Compilation happens lazily at the first call, so the fallback is Dynamo's own ``suppress_errors``: a failing
+    frame is logged by PyTorch and executed as written.  The results are the eager model's either way."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    try:
+        compiled = torch.compile(model)
+    except Exception as exc:  # torch.compile itself refuses (e.g. an unsupported Python version)
+        log(f"torch.compile unavailable ({type(exc).__name__}: {exc}); training without it")
+        return model
+    log("torch.compile on: the first steps compile (minutes on a large model); a part that fails to compile runs "
+        "eagerly, with a warning from PyTorch")
+    return compiled
 
 
 def learning_rate_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -223,7 +255,8 @@ def make_accelerator(cfg: TrainConfig, out_dir: Path):
     if precision == "fp16" and not torch.cuda.is_available():
         raise UserError("mixed_precision fp16 needs a CUDA GPU: use --mixed-precision no (or bf16) on this machine")
     if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
+        # TF32 for float32 matrix products and convolutions (Ampere and newer): ~8x the FP32 rate, 10-bit mantissa
+        torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.allow_tf32 = True
     trackers = _available_trackers(cfg.trackers)
     # With no accelerator, say so explicitly: Accelerate then treats `torchrun` ranks as CPU processes (gloo).
@@ -304,10 +337,7 @@ class Trainer:
         self.raw_model = model
         self.model, self.optimizer = acc.prepare(model, self.optimizer)
         if cfg.compile:
-            try:
-                self.model = torch.compile(self.model)
-            except Exception as exc:  # compile support varies by platform; training goes on eagerly
-                self.log(f"torch.compile unavailable ({type(exc).__name__}: {exc}); training without it")
+            self.model = compile_with_fallback(self.model, self.log)
         self.tokens_per_example = tokens_per_example
         self.flops_per_token = flops_per_token(model, tokens_per_example or model.config.max_position_embeddings)
         self.peak_flops = device_peak_flops(acc.device)

@@ -538,3 +538,15 @@ def test_instruction_collate_matches_the_book():
     inputs, targets = data.instruction_collate(batch, pad_id=E, mask_prompt=True, max_length=4)
     assert inputs.tolist() == [[0, 1, 2, 3], [5, 6, E, E], [7, 8, 9, E]]
     assert targets.tolist() == [[-100, 2, 3, 4], [6, E, -100, -100], [-100, -100, E, -100]]
+
+
+def test_fast_encoder_is_built_where_a_compiler_exists():
+    """The C extension is optional at install time (no compiler: the tokenizers path runs); with a compiler it must
+    have been built, or data preparation silently loses its speed."""
+    import shutil
+
+    from pipelines import fast_bpe
+
+    if not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
+        pytest.skip("no C compiler on this machine: data preparation uses the tokenizers library")
+    assert fast_bpe._bpe is not None, f"pipelines._bpe is not built: {fast_bpe._IMPORT_ERROR}"
