@@ -200,6 +200,21 @@ def align_cpu_parameters(model, alignment: int = 64) -> None:
                 param.data = param.data.clone()
 
 
+CACHE_FIELD = "cache" if "cache" in getattr(BaseModelOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+"""The output field that holds the cache (``past_key_values`` up to transformers 5.23, ``cache`` from 5.24; both
+versions read ``output.past_key_values``)."""
+
+
+def pick_cache(past_key_values, cache):
+    """The key/value cache, whichever name it came by: transformers up to 5.23 pass ``past_key_values``, 5.24 and
+    later ``cache``."""
+    if cache is None:
+        return past_key_values
+    if past_key_values is not None and past_key_values is not cache:
+        raise ValueError("pass the key/value cache once, as cache or as past_key_values, not both")
+    return cache
+
+
 def build_attention_mask(attention_mask, seq_len: int, past_len: int, device):
     """The mask handed to SDPA, or ``None`` when the fused causal path (or no mask at all) is exact.
 
@@ -308,7 +323,7 @@ _LEAN_NEUTRAL_SETTINGS = {
 _MIXIN_ONLY_ARGUMENTS = (
     "logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model",
     "negative_prompt_ids", "negative_prompt_attention_mask", "custom_generate", "assistant_tokenizer", "tokenizer",
-    "past_key_values", "inputs_embeds", "position_ids",
+    "past_key_values", "cache", "inputs_embeds", "position_ids",
 )
 
 
@@ -341,15 +356,22 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         use_cache=None,
         output_hidden_states=None,
         return_dict=None,
+        cache=None,
         **kwargs,
     ):
+        """``cache`` is the name transformers 5.24 and later give ``past_key_values``; either may be used."""
+        past_key_values = pick_cache(past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.tok_emb(input_ids)
         seq_len = inputs_embeds.shape[1]
+        checkpointing = self.gradient_checkpointing and self.training
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
+        if checkpointing:
+            # a block recomputed in backward would append its keys and values to the cache a second time
+            use_cache, past_key_values = False, None
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -369,8 +391,6 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         for block in self.blocks:
             if all_hidden is not None:
                 all_hidden.append(x)
-            # the cache goes by keyword: under activation checkpointing the layer wrapper drops it (a recompute in
-            # backward would otherwise append the keys/values a second time)
             x = block(x, attn_mask, past_key_values=past_key_values)
         x = self.final_norm(x)
         if all_hidden is not None:
@@ -378,8 +398,8 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
 
         output = BaseModelOutputWithPast(
             last_hidden_state=x,
-            past_key_values=past_key_values,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            **{CACHE_FIELD: past_key_values},
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -498,14 +518,16 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         output_hidden_states=None,
         return_dict=None,
         logits_to_keep=0,
+        cache=None,
         **kwargs,
     ):
-        """``labels`` are the input ids themselves (or -100 where ignored): they are shifted here."""
+        """``labels`` are the input ids themselves (or -100 where ignored): they are shifted here.  ``cache`` is
+        ``past_key_values`` under its transformers 5.24 name."""
         out = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            past_key_values=pick_cache(past_key_values, cache),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -521,7 +543,7 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = causal_lm_loss(logits, labels, kwargs.get("num_items_in_batch"))
         output = CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+            loss=loss, logits=logits, hidden_states=out.hidden_states, **{CACHE_FIELD: out.past_key_values}
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -703,13 +725,14 @@ class GPTScratchForSequenceClassification(GPTScratchPreTrainedModel):
         use_cache=None,
         output_hidden_states=None,
         return_dict=None,
+        cache=None,
         **kwargs,
     ):
         out = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            past_key_values=pick_cache(past_key_values, cache),
             inputs_embeds=inputs_embeds,
             use_cache=False if use_cache is None else use_cache,
             output_hidden_states=output_hidden_states,
@@ -729,7 +752,7 @@ class GPTScratchForSequenceClassification(GPTScratchPreTrainedModel):
             else:
                 loss = F.cross_entropy(logits.float(), labels.view(-1))
         output = SequenceClassifierOutputWithPast(
-            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+            loss=loss, logits=logits, hidden_states=out.hidden_states, **{CACHE_FIELD: out.past_key_values}
         )
         return output if return_dict is not False else output.to_tuple()
 

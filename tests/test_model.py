@@ -132,6 +132,24 @@ def test_kv_cache_generation_matches_no_cache_and_manual_loop():
     assert torch.equal(cached, seq)
 
 
+@pytest.mark.parametrize("name", ["past_key_values", "cache"])  # transformers <= 5.23 and >= 5.24 spell it so
+def test_cache_argument_under_either_name(name):
+    from transformers.cache_utils import DynamicCache
+
+    model = tiny_lm()
+    ids = ids_between(1, VOCAB, 2, 9)
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits[:, -1]
+        cache = DynamicCache(config=model.config)
+        first = model(ids[:, :-1], use_cache=True, **{name: cache})
+        assert first.past_key_values is cache and cache.get_seq_length() == 8
+        step = model(ids[:, -1:], use_cache=True, **{name: cache}).logits[:, -1]
+    assert cache.get_seq_length() == 9
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        model(ids, past_key_values=cache, cache=DynamicCache(config=model.config))
+
+
 def test_batched_left_padding_matches_each_prompt_alone():
     model = tiny_lm()
     pad = model.config.pad_token_id
