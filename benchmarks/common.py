@@ -29,11 +29,14 @@ if str(REPO) not in sys.path:
 
 # Model sizes the benchmarks use.  "small" is a 6-layer, 384-wide GPT with GPT-2's vocabulary: big enough that the
 # matrix multiplications are real work, small enough that every benchmark ends in minutes on 2 CPU cores.
-# "gpt2-small" is OpenAI's 124M shape (12 layers, 768 wide).
+# "gpt2-small" is OpenAI's 124M shape (12 layers, 768 wide), "gpt2-small-untied" the 163M preset.
 SIZES = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4),
     "small": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6),
     "gpt2-small": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
+    "gpt2-small-untied": dict(  # the 163M preset: untied head, no query/key/value bias
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, tie_word_embeddings=False, qkv_bias=False
+    ),
 }
 VOCAB_SIZE = 50257
 CONTEXT = 1024
@@ -178,7 +181,10 @@ def ours_to_peer_state_dict(state: dict, num_layers: int) -> dict:
     }
     for i in range(num_layers):
         for ours, theirs in names.items():
-            tensor = state[f"transformer.blocks.{i}.{ours}"]
+            key = f"transformer.blocks.{i}.{ours}"
+            if key not in state and ours == "att.qkv_proj.bias":  # no QKV bias: GPT-2's Conv1D has one, zero it
+                state[key] = torch.zeros(state[f"transformer.blocks.{i}.att.qkv_proj.weight"].shape[0])
+            tensor = state[key]
             if theirs.endswith("weight") and tensor.dim() == 2:
                 tensor = tensor.t()
             out[f"transformer.h.{i}.{theirs}"] = tensor.contiguous()

@@ -35,7 +35,7 @@ from .configuration_gpt_scratch import GPTScratchConfig
 def project_few_rows(linear: nn.Linear, x, contiguous: bool = True):
     """``linear(x)``; for a few rows (a decoding step) on CPU in float32, computed as ``(weight @ x.T).T``.
 
-    Every projection of the model goes through here.  Same product, another BLAS call: measured with torch 2.13 (MKL)
+    Every projection of the model goes through here; the fast form is taken without gradients (inference).  Same product, another BLAS call: measured with torch 2.13 (MKL)
     on a 2-core AMD EPYC, ``F.linear`` with 1 to 64 rows takes MKL's small-M path, ``weight @ x.T`` a gemm with few
     columns that streams the weight through both cores: 6.4 against 11.7 ms for a 50257 x 384 output head, and
     5.5 against 8.2 ms for the 24 projections of a 6-layer, 384-wide model at one token.  One row is a
@@ -53,6 +53,7 @@ def project_few_rows(linear: nn.Linear, x, contiguous: bool = True):
     weight = linear.weight
     if (
         not 0 < rows <= FEW_ROWS
+        or torch.is_grad_enabled()  # training: many rows, and autograd's bookkeeping would eat the gain
         or type(linear) is not nn.Linear
         or weight.device.type != "cpu"
         or weight.dtype != torch.float32

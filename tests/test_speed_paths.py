@@ -321,14 +321,22 @@ def test_kv_buffer_refuses_to_overflow():
 
 @pytest.mark.parametrize("rows", [1, 2, 9, 64, 65])
 @pytest.mark.parametrize("bias", [False, True])
-def test_project_few_rows_is_linear(rows, bias):
+@torch.no_grad()
+def test_project_few_rows_is_linear(rows, bias, monkeypatch):
     torch.manual_seed(rows)
     linear = torch.nn.Linear(48, 300, bias=bias)
     x = torch.randn(rows, 1, 48)
-    torch.testing.assert_close(mg.project_few_rows(linear, x), linear(x), atol=1e-5, rtol=1e-5)
+    expected = linear(x)
+    if rows <= mg.FEW_ROWS:  # the fast form must not go through F.linear at all
+        def refuse(*args, **kwargs):
+            raise AssertionError("F.linear was called: the few-rows path was not taken")
+
+        monkeypatch.setattr(F, "linear", refuse)
+    torch.testing.assert_close(mg.project_few_rows(linear, x), expected, atol=1e-5, rtol=1e-5)
     assert mg.project_few_rows(linear, x).is_contiguous()
     view = mg.project_few_rows(linear, x, contiguous=False)
     assert view.shape == (rows, 1, 300) and torch.equal(view, mg.project_few_rows(linear, x))
+    monkeypatch.undo()
     calls = []
     linear.register_forward_hook(lambda *args: calls.append(1))
     mg.project_few_rows(linear, x)

@@ -120,10 +120,10 @@ def peer_and_ours(seed=0):
     return peer.train(), ours.train()
 
 
-@pytest.mark.parametrize("batch", [2, 8])  # 2 x 16 rows: every projection on the few-rows path; 8 x 16: the plain one
+@pytest.mark.parametrize("batch", [2, 8])
 def test_training_curve_matches_transformers_gpt2(batch):
-    """The speed paths of training (chunked cross-entropy, ``project_few_rows``, fused attention) change no result:
-    the same weights and batches give transformers' GPT-2 loss curve, step by step, under AdamW."""
+    """The speed paths of training (chunked cross-entropy, shifted labels, fused GELU and attention) change no
+    result: the same weights and batches give transformers' GPT-2 loss curve, step by step, under AdamW."""
     peer, ours = peer_and_ours()
     g = torch.Generator().manual_seed(3)
     batches = [torch.randint(0, 300, (batch, 16), generator=g) for _ in range(3)] * 6  # seen again: loss falls
