@@ -35,12 +35,12 @@ from .configuration_gpt_scratch import GPTScratchConfig
 def project_few_rows(linear: nn.Linear, x, contiguous: bool = True):
     """``linear(x)``; for a few rows (a decoding step) on CPU in float32, computed as ``(weight @ x.T).T``.
 
-    Every projection of the model goes through here; the fast form is taken without gradients (inference).  Same product, another BLAS call: measured with torch 2.13 (MKL)
-    on a 2-core AMD EPYC, ``F.linear`` with 1 to 64 rows takes MKL's small-M path, ``weight @ x.T`` a gemm with few
-    columns that streams the weight through both cores: 6.4 against 11.7 ms for a 50257 x 384 output head, and
-    5.5 against 8.2 ms for the 24 projections of a 6-layer, 384-wide model at one token.  One row is a
-    single-threaded gemv, so it is computed twice (two columns make a gemm).  The result equals ``F.linear``'s to
-    float rounding.  Modules with hooks, a replaced forward or another type (adapters, quantised layers, offloading)
+    Every projection of the model goes through here; the fast form is taken without gradients (inference).  Same
+    product, another BLAS call: measured with torch 2.13 (MKL) on a 2-core AMD EPYC, ``F.linear`` with 1 to 64 rows
+    takes MKL's small-M path, ``weight @ x.T`` a gemm with few columns that streams the weight through both cores:
+    6.4 against 11.7 ms for a 50257 x 384 output head, and 5.5 against 8.2 ms for the 24 projections of a 6-layer,
+    384-wide model at one token.  One row is a single-threaded gemv, so it is computed twice (two columns make a
+    gemm).  The result equals ``F.linear``'s to float rounding.  Modules with hooks, a replaced forward or another type (adapters, quantised layers, offloading)
     are called as usual, and so is every module on other devices and dtypes.
 
     ``contiguous=False`` may return a transposed view instead of copying the result into row-major order: for the
@@ -367,10 +367,9 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.tok_emb(input_ids)
         seq_len = inputs_embeds.shape[1]
-        checkpointing = self.gradient_checkpointing and self.training
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
-        if checkpointing:
+        if self.gradient_checkpointing and self.training:
             # a block recomputed in backward would append its keys and values to the cache a second time
             use_cache, past_key_values = False, None
         if use_cache and past_key_values is None:

@@ -347,6 +347,17 @@ static inline __attribute__((always_inline)) int emit(const Tables *T, Worker *w
     return encode_piece(T, w, (size_t)n, use_vocab) < 0 ? SPAN_OOM : SPAN_OK;
 }
 
+/* The end of the run of class ``cl`` that continues at ``j``, or -1 when it meets a code point the table is unsure
+ * of (the document then goes back). */
+static inline __attribute__((always_inline)) Py_ssize_t run_end(const Tables *T, int kind, const void *data,
+                                                               Py_ssize_t j, Py_ssize_t end, int cl) {
+    for (; j < end; j++) {
+        int k = cp_class(T, PyUnicode_READ(kind, data, j));
+        if (k != cl) return k == CL_UNSURE ? -1 : j;
+    }
+    return j;
+}
+
 /* Splits code points [start, end) of a str into pieces and encodes them. */
 static inline __attribute__((always_inline)) int encode_span_kind(const Tables *T, Worker *w, int kind,
                                                                   const void *data, Py_ssize_t start,
@@ -384,30 +395,12 @@ static inline __attribute__((always_inline)) int encode_span_kind(const Tables *
                 j = i + 1;
             }
         }
-        if (cl == CL_LETTER || cl == CL_NUMBER || cl == CL_OTHER) {
-            j++;
-            while (j < end) {
-                int k = CLS(j);
-                if (k != cl) {
-                    if (k == CL_UNSURE) return SPAN_UNSURE;
-                    break;
-                }
-                j++;
-            }
-        } else { /* whitespace run */
-            j = i + 1;
-            while (j < end) {
-                int k = CLS(j);
-                if (k != CL_SPACE) {
-                    if (k == CL_UNSURE) return SPAN_UNSURE;
-                    break;
-                }
-                j++;
-            }
-            /* \s+(?!\S): followed by a non-space, the run leaves its last character to the next piece;
-               a single whitespace character before a non-space is a piece of its own (\s+) */
-            if (j < end && j - i > 1) j--;
-        }
+        /* a letter, number or other run (after its optional space), or a whitespace run */
+        j = run_end(T, kind, data, j + 1, end, cl);
+        if (j < 0) return SPAN_UNSURE;
+        /* \s+(?!\S): followed by a non-space, a whitespace run leaves its last character to the next piece;
+           a single whitespace character before a non-space is a piece of its own (\s+) */
+        if (cl == CL_SPACE && j < end && j - i > 1) j--;
         {
             int r = emit(T, w, kind, data, i, j, use_vocab);
             if (r) return r;
