@@ -44,9 +44,10 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--peer-activation", default="gelu_new", help="gelu_new (GPT-2's own) or gelu_pytorch_tanh")
     p.add_argument(
-        "--ours", default="generate", choices=["generate", "no-few-rows", "mixin"],
-        help="for before/after figures: our generate (default); its lean loop with every projection through "
-        "F.linear (no project_few_rows); or GenerationMixin.generate on our model (no override: the code before the speed work)",
+        "--ours", default="generate", choices=["generate", "unpacked", "no-few-rows", "mixin"],
+        help="for before/after figures: our generate (default); without the weights reordered for oneDNN at batch > 1 "
+        "(no packed_for_decoding); its lean loop with every projection through F.linear (no project_few_rows); or "
+        "GenerationMixin.generate on our model (no override: the code before the speed work)",
     )
     args = p.parse_args(argv)
 
@@ -58,6 +59,12 @@ def main(argv=None):
         from transformers import GenerationMixin
 
         ours_generate = functools.partial(GenerationMixin.generate, ours)
+    elif args.ours == "unpacked":
+        import contextlib
+
+        import modeling_gpt_scratch.modeling_gpt_scratch as mg
+
+        mg.packed_for_decoding = lambda model, batch_size: contextlib.nullcontext()
     elif args.ours == "no-few-rows":
         import modeling_gpt_scratch.modeling_gpt_scratch as mg
 

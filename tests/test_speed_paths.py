@@ -49,8 +49,12 @@ def left_padded(prompts, pad):
 
 
 def mixin_generate(model, *args, **kwargs):
-    """The reference: GenerationMixin's own generate on our model (bypassing the override)."""
-    return GenerationMixin.generate(model, *args, **kwargs)
+    """The reference: GenerationMixin's own generate on our model (bypassing the override), on the kernels
+    ``model.generate`` uses -- a batch inside ``packed_for_decoding``, as there.  That the packed kernels compute the
+    plain projections is tested on its own below."""
+    prompt = args[0] if args else kwargs.get("input_ids")
+    with mg.packed_for_decoding(model, prompt.shape[0]):
+        return GenerationMixin.generate(model, *args, **kwargs)
 
 
 @pytest.fixture
@@ -341,6 +345,82 @@ def test_project_few_rows_is_linear(rows, bias, monkeypatch):
     linear.register_forward_hook(lambda *args: calls.append(1))
     mg.project_few_rows(linear, x)
     assert calls == [1]  # a module with hooks is called, not bypassed
+
+
+def packs(model):
+    return [name for name, module in model.named_modules() if mg.PACKED in module.__dict__]
+
+
+@pytest.mark.parametrize("rows", [2, 8, 64])
+@pytest.mark.parametrize("bias", [False, True])
+@torch.no_grad()
+def test_packed_projection_is_linear_and_never_stale(rows, bias, monkeypatch):
+    torch.manual_seed(rows)
+    model = torch.nn.Sequential(torch.nn.Linear(48, 300, bias=bias))
+    linear, x = model[0], torch.randn(rows, 1, 48)
+    linear.weight = torch.nn.Parameter(torch.randn(300, 48))  # version 0, like the one that replaces it below
+    with mg.packed_for_decoding(model, rows):
+        assert packs(model) == ["0"]
+        for name in ("mm", "addmm"):  # the packed form must not go through MKL's gemm
+            monkeypatch.setattr(torch, name, lambda *a, **k: pytest.fail("the packed weight was not used"))
+        torch.testing.assert_close(mg.project_few_rows(linear, x), linear(x), atol=1e-5, rtol=1e-5)
+        monkeypatch.undo()
+        linear.weight.mul_(-2)  # changed in place: the reordered copy is stale and must not be used
+        torch.testing.assert_close(mg.project_few_rows(linear, x), linear(x), atol=1e-5, rtol=1e-5)
+        linear.weight = torch.nn.Parameter(torch.randn(300, 48))  # replaced: another tensor of the same version
+        torch.testing.assert_close(mg.project_few_rows(linear, x), linear(x), atol=1e-5, rtol=1e-5)
+        one_row = x[:1]  # a single row keeps the two-column gemm
+        torch.testing.assert_close(mg.project_few_rows(linear, one_row), linear(one_row), atol=1e-5, rtol=1e-5)
+    assert packs(model) == []
+
+
+def test_packing_is_shared_by_nested_blocks_and_always_dropped():
+    model = tiny_lm()
+    linears = sorted(name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+    with mg.packed_for_decoding(model, 3):
+        assert sorted(packs(model)) == linears
+        head = model.lm_head.__dict__[mg.PACKED][0]
+        with mg.packed_for_decoding(model, 5):
+            assert model.lm_head.__dict__[mg.PACKED][0] is head
+        assert sorted(packs(model)) == linears  # the outer block still runs
+    assert packs(model) == []
+    with pytest.raises(KeyError):
+        with mg.packed_for_decoding(model, 3):
+            raise KeyError("fails inside")
+    assert packs(model) == []
+    with mg.packed_for_decoding(model, 1):
+        assert packs(model) == []  # one row: nothing to reorder
+
+
+@torch.no_grad()
+def test_packed_forward_matches_plain_forward():
+    model = tiny_lm()
+    ids = ids_between(1, VOCAB, 4, 7)
+    plain = model(ids).logits
+    with mg.packed_for_decoding(model, 4):
+        torch.testing.assert_close(model(ids).logits, plain, atol=1e-5, rtol=1e-5)
+        step = model(ids[:, :1]).logits  # 4 rows: the packed kernels
+    torch.testing.assert_close(step, model(ids[:, :1]).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_generate_decodes_on_packed_weights_and_drops_them():
+    model = tiny_lm()
+    seen = []
+
+    class Watch(BaseStreamer):
+        def put(self, value):
+            seen.append(len(packs(model)))
+
+        def end(self):
+            pass
+
+    prompt = ids_between(1, VOCAB, 3, 5)
+    model.generate(prompt, max_new_tokens=4, do_sample=False, streamer=Watch())
+    assert seen and all(n == 4 * model.config.num_hidden_layers + 1 for n in seen)  # every nn.Linear
+    assert packs(model) == []
+    seen.clear()
+    model.generate(prompt[:1], max_new_tokens=4, do_sample=False, streamer=Watch())
+    assert seen == [0] * 5  # batch 1: the plain weights
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 1000])
