@@ -96,6 +96,14 @@ _PACKING_USERS = "_packed_for_decoding_users"
 _PACKING_LOCK = threading.Lock()
 
 
+def _packed_product_is_linear(linear, reordered, rows: int) -> bool:
+    probe = torch.linspace(-1, 1, rows * linear.in_features).view(rows, linear.in_features)
+    expected = F.linear(probe, linear.weight, linear.bias)
+    got = torch.ops.mkldnn._linear_pointwise(probe, reordered, linear.bias, "none", [], "")
+    scale = float(expected.abs().max()) or 1.0
+    return got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
 @contextlib.contextmanager
 def packed_for_decoding(model, batch_size: int):
     """Within this block, few-row projections of ``model``'s CPU float32 ``nn.Linear`` layers use a copy of each
@@ -110,12 +118,17 @@ def packed_for_decoding(model, batch_size: int):
         users = model.__dict__.get(_PACKING_USERS, 0)
         model.__dict__[_PACKING_USERS] = users + 1
         if users == 0:
+            checked = False
             for module in model.modules():
                 if isinstance(module, nn.Linear) and takes_fast_forms(module):
                     try:
                         reordered = torch.ops.mkldnn._reorder_linear_weight(module.weight, batch_size)
+                        # the ops are private: on the first layer, the packed product must be the plain one
+                        if not (checked or _packed_product_is_linear(module, reordered, batch_size)):
+                            break
                     except (AttributeError, RuntimeError):  # a torch built without oneDNN
                         break
+                    checked = True
                     module.__dict__[PACKED] = (reordered, module.weight, module.weight._version)
     try:
         yield

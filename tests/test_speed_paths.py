@@ -392,6 +392,24 @@ def test_packing_is_shared_by_nested_blocks_and_always_dropped():
         assert packs(model) == []  # one row: nothing to reorder
 
 
+@pytest.mark.parametrize("broken", ["raises", "wrong"])
+def test_no_packing_when_the_private_ops_fail_or_disagree(broken, monkeypatch):
+    model = tiny_lm()
+    prompt = ids_between(1, VOCAB, 3, 5)
+    if broken == "raises":
+        def reorder(*args, **kwargs):
+            raise RuntimeError("no oneDNN here")
+
+        monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", reorder)
+    else:
+        product = torch.ops.mkldnn._linear_pointwise
+        monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: product(*args) * 1.01)
+    with mg.packed_for_decoding(model, 3):
+        assert packs(model) == []
+    got = model.generate(prompt, max_new_tokens=6, do_sample=False)  # on the plain weights, like the reference
+    assert got.shape == (3, 11) and torch.equal(got, mixin_generate(model, prompt, max_new_tokens=6, do_sample=False))
+
+
 @torch.no_grad()
 def test_packed_forward_matches_plain_forward():
     model = tiny_lm()
