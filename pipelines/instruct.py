@@ -405,7 +405,6 @@ def finetune(cfg: InstructConfig) -> int:
         save_run_config(out, run_config)
 
     sample_records = splits["val"][: cfg.sample_count]
-    samples: list[dict] = []
 
     def on_eval(trainer, record):
         if not sample_records:
@@ -415,9 +414,12 @@ def finetune(cfg: InstructConfig) -> int:
             batch_size=len(sample_records), max_new_tokens=cfg.sample_tokens,
         )
         for rec, answer in zip(sample_records, answers):
-            # "prompt" + "text" is the shape every workflow's samples share (the report card shows them)
-            samples.append({"step": record["step"], "instruction": rec["instruction"], "input": rec["input"],
-                            "prompt": format_alpaca(rec), "text": answer})
+            # "prompt" + "text" is the shape every workflow's samples share (the report card shows them); kept in
+            # the trainer's notes, which checkpoints save, so a resumed run still lists the earlier ones
+            trainer.notes.setdefault("samples", []).append(
+                {"step": record["step"], "instruction": rec["instruction"], "input": rec["input"],
+                 "prompt": format_alpaca(rec), "text": answer}
+            )
             trainer.log(f"sample @ step {record['step']}: {rec['instruction'][:60]!r} -> {answer[:120]!r}")
 
     n_params = sum(p.numel() for p in model.parameters())
@@ -443,6 +445,7 @@ def finetune(cfg: InstructConfig) -> int:
         f"evaluating every {cfg.eval_every or trainer.total_steps} steps"
     )
     result = trainer.fit(resume_from)
+    samples = trainer.notes.get("samples", [])
     final = dict(result.final)
     if datasets["test"]:
         test = trainer.evaluate(datasets["test"])

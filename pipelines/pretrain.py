@@ -231,11 +231,13 @@ def pretrain(cfg: PretrainConfig) -> int:
         f"model: {cfg.preset} {n_params / 1e6:.2f}M parameters, context {context}; corpus {n_tokens:,} tokens "
         f"(train {len(datasets['train']):,} / val {len(datasets['val']):,} / test {len(datasets['test']):,} windows)"
     )
-    samples: list[dict] = []
 
     def on_eval(trainer, record):
         text = sample_text(trainer.model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, cfg.seed)
-        samples.append({"step": record["step"], "prompt": cfg.sample_prompt, "text": text})
+        # kept in the trainer's notes, so a resumed run still lists the samples from before its checkpoint
+        trainer.notes.setdefault("samples", []).append(
+            {"step": record["step"], "prompt": cfg.sample_prompt, "text": text}
+        )
         trainer.log(f"sample @ step {record['step']}: {cfg.sample_prompt}{text!r}")
 
     trainer = Trainer(
@@ -257,6 +259,7 @@ def pretrain(cfg: PretrainConfig) -> int:
         f"; {trainer.total_steps} steps"
     )
     result = trainer.fit(resume_from)
+    samples = trainer.notes.get("samples", [])
     final = dict(result.final)
     if len(datasets["test"]):
         test = trainer.evaluate(datasets["test"])

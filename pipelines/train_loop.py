@@ -344,6 +344,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.history: list[dict] = []
+        self.notes: dict = {}  # the workflow's own JSON state (its text samples): saved with checkpoints, restored
         self.elapsed_before = 0.0
 
     # ---- data -------------------------------------------------------------------------------------------------
@@ -424,6 +425,7 @@ class Trainer:
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "history": self.history,
+            "notes": self.notes,
             "elapsed_s": self.elapsed_before + (time.time() - self._t0),
             "total_steps": self.total_steps,
             "global_batch": self.global_batch,
@@ -443,6 +445,7 @@ class Trainer:
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.history = state["history"]
+        self.notes = state.get("notes", {})
         self.elapsed_before = state.get("elapsed_s", 0.0)
 
     # ---- the loop ---------------------------------------------------------------------------------------------

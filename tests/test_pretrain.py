@@ -143,9 +143,12 @@ def test_kill9_and_resume_is_bit_identical(corpus, tokenizer_dir, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    ma = json.loads((straight / "metrics.json").read_text())["final"]
-    mb = json.loads((killed / "metrics.json").read_text())["final"]
-    assert ma["test_loss"] == mb["test_loss"]
+    ma = json.loads((straight / "metrics.json").read_text())
+    mb = json.loads((killed / "metrics.json").read_text())
+    assert ma["final"]["test_loss"] == mb["final"]["test_loss"]
+    # the samples from before the checkpoint came back with it
+    assert [s["step"] for s in mb["samples"]] == [0, 40, 80, 120, 160]
+    assert mb["samples"] == ma["samples"]
     kept = sorted(p.name for p in (killed / "checkpoints").iterdir())
     assert kept == ["step-140", "step-160"], kept
 
