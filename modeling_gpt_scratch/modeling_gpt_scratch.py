@@ -617,7 +617,8 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
     # computed once, and no logits processors, stopping criteria or output objects per step.  Its tokens equal
     # ``GenerationMixin.generate``'s for greedy decoding.  Anything else (beam search, repetition penalty, logits
     # processors, stopping criteria, ``return_dict_in_generate``, ``use_cache=False``, ...) goes to
-    # ``GenerationMixin.generate`` unchanged.
+    # ``GenerationMixin.generate`` unchanged.  On CPU, a batch of several prompts decodes on weights reordered for
+    # oneDNN for the length of the call, whichever loop runs (``packed_for_decoding``).
 
     def generate(self, inputs=None, generation_config=None, **kwargs):
         """``GenerationMixin.generate``, with a faster loop for greedy decoding and plain sampling (see above)."""
