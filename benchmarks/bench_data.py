@@ -59,19 +59,6 @@ def write_corpus(docs: list[str], megabytes: float, folder: Path) -> int:
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
-def byte_decoder() -> dict[str, int]:
-    """GPT-2's table of 256 printable characters standing for bytes, inverted (character -> byte)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars, n = list(printable), 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
-
-
 def tiktoken_from_hf(tokenizer):
     """A ``tiktoken.Encoding`` with the vocabulary of a byte-level BPE ``PreTrainedTokenizerFast``.
 
@@ -80,7 +67,9 @@ def tiktoken_from_hf(tokenizer):
     """
     import tiktoken
 
-    decode = byte_decoder()
+    from pipelines.fast_bpe import byte_to_unicode
+
+    decode = {char: byte for byte, char in byte_to_unicode().items()}
     specials = set(tokenizer.all_special_tokens)
     special = {t: i for t, i in tokenizer.get_vocab().items() if t in specials}
     ranks = {}

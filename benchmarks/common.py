@@ -65,13 +65,6 @@ def machine() -> dict:
     }
 
 
-def load_average() -> float | None:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _cpu_ticks() -> tuple[int, int] | None:
     """(busy, total) jiffies of all CPUs from /proc/stat."""
     try:

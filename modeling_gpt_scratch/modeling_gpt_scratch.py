@@ -117,19 +117,17 @@ def packed_for_decoding(model, batch_size: int):
     with _PACKING_LOCK, torch.no_grad():
         users = model.__dict__.get(_PACKING_USERS, 0)
         model.__dict__[_PACKING_USERS] = users + 1
-        if users == 0:
-            checked = False
-            for module in model.modules():
-                if isinstance(module, nn.Linear) and takes_fast_forms(module):
-                    try:
-                        reordered = torch.ops.mkldnn._reorder_linear_weight(module.weight, batch_size)
-                        # the ops are private: on the first layer, the packed product must be the plain one
-                        if not (checked or _packed_product_is_linear(module, reordered, batch_size)):
-                            break
-                    except (AttributeError, RuntimeError):  # a torch built without oneDNN
-                        break
-                    checked = True
-                    module.__dict__[PACKED] = (reordered, module.weight, module.weight._version)
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear) and takes_fast_forms(m)] if users == 0 else []
+        if linears:
+            try:
+                reordered = [torch.ops.mkldnn._reorder_linear_weight(m.weight, batch_size) for m in linears]
+                # the ops are private: on the first layer, the packed product must be the plain one
+                usable = _packed_product_is_linear(linears[0], reordered[0], batch_size)
+            except (AttributeError, RuntimeError):  # a torch built without oneDNN
+                usable = False
+            if usable:
+                for module, copy in zip(linears, reordered):
+                    module.__dict__[PACKED] = (copy, module.weight, module.weight._version)
     try:
         yield
     finally:

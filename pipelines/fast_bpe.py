@@ -61,7 +61,7 @@ SAMPLE_TEXTS = (
 )
 
 
-def _byte_to_unicode() -> dict[int, str]:
+def byte_to_unicode() -> dict[int, str]:
     """GPT-2's table: each byte -> the printable character that stands for it in a byte-level vocabulary."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     table, extra = {}, 0
@@ -245,7 +245,7 @@ def _prepare(spec_text: str) -> tuple[object, list[str]] | str:
 def _build_encoder(model: dict):
     """The ``_bpe.Encoder`` for a BPE model's JSON; ``ValueError`` where it is not a byte-level BPE."""
     vocab: dict[str, int] = model["vocab"]
-    to_char = _byte_to_unicode()
+    to_char = byte_to_unicode()
     byte_ids = []
     for b in range(256):
         if to_char[b] not in vocab:

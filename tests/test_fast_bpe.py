@@ -239,7 +239,7 @@ def test_large_ids(tmp_path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    chars = fast_bpe._byte_to_unicode()
+    chars = fast_bpe.byte_to_unicode()
     vocab = {chars[b]: 70000 + b for b in range(256)}
     merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("in", "g")]
     for i, (a, b) in enumerate(merges):
