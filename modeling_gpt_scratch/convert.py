@@ -15,6 +15,9 @@ source has one, the tokenizer.  The folder appears atomically (written under a t
 
 Every tensor is mapped by name, and the conversion fails -- naming the keys -- unless every parameter of the target
 model was filled exactly once from a tensor of the right shape.
+
+The reverse direction, ``gpt-scratch convert --to hf-gpt2`` (a gpt-scratch folder to a plain transformers gpt2
+folder), lives in ``pipelines/export.py``; it inverts the name tables below.
 """
 
 from __future__ import annotations
@@ -156,26 +159,22 @@ def build_model(config: GPTScratchConfig, state: dict, source: str, hint: str = 
     return model
 
 
-def make_generation_config(config: GPTScratchConfig, pad_token_id=None, max_new_tokens: int | None = None):
-    """Generation defaults for a saved folder: stop at end-of-text, and never run past the learned positions.
+def make_generation_config(config: GPTScratchConfig, pad_token_id=None, **settings):
+    """Generation defaults for a saved folder: stop at end-of-text; sample with top-k 50 unless ``settings`` say
+    otherwise (e.g. ``do_sample=False`` for an instruction follower).
 
-    ``max_new_tokens`` defaults to a quarter of the context (at most 256), so a prompt of up to three quarters of the
-    context still fits (``pipeline("text-generation")`` would otherwise ask for 256 new tokens).
+    No length at all: a saved ``max_new_tokens`` would override a caller's ``max_length`` (lm-evaluation-harness
+    passes ``max_length`` = prompt + tokens to generate) and run past the context, and a saved ``max_length`` makes
+    every call with ``max_new_tokens`` warn.  Left unset, ``generate`` adds 20 tokens, capped at the context.
     """
     from transformers import GenerationConfig
 
-    if max_new_tokens is None:
-        max_new_tokens = max(1, min(256, config.max_position_embeddings // 4))
     pad = pad_token_id if pad_token_id is not None else config.pad_token_id
     if pad is None:
         pad = config.eos_token_id
+    defaults = dict(do_sample=True, top_k=50)
     return GenerationConfig(
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        pad_token_id=pad,
-        max_new_tokens=max_new_tokens,
-        do_sample=True,
-        top_k=50,
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=pad, **{**defaults, **settings}
     )
 
 
@@ -194,7 +193,9 @@ def save_converted(model, out_dir, overwrite: bool, tokenizer=None) -> Path:
 
     out = check_out_dir(out_dir, overwrite)
     if tokenizer is not None:
-        _prepare_tokenizer(tokenizer)
+        from .tokenization import portable_tokenizer
+
+        tokenizer = portable_tokenizer(tokenizer, model.config.max_position_embeddings)
         if tokenizer.pad_token_id is not None:
             model.config.pad_token_id = tokenizer.pad_token_id
         if len(tokenizer) > model.config.vocab_size:
@@ -642,19 +643,45 @@ def _gpt2_tokenizer_if_available(config: GPTScratchConfig):
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags of ``gpt-scratch convert``."""
-    parser.add_argument(
-        "--from", dest="source_format", required=True, choices=["hf-gpt2", "book"],
-        help="hf-gpt2: a Hugging Face gpt2 checkpoint (folder or Hub id); book: the book's GPTModel state dict",
+    """Flags of ``gpt-scratch convert``: ``--from FORMAT`` imports into gpt-scratch, ``--to FORMAT`` exports from it."""
+    parser.description = (
+        "Import weights into a gpt-scratch folder (--from hf-gpt2: a Hugging Face gpt2 checkpoint such as "
+        "openai-community/gpt2; --from book: the book's GPTModel state dict), or export a gpt-scratch folder (causal "
+        "LM or classifier) to a plain transformers gpt2 folder (--to hf-gpt2: GPT2LMHeadModel or "
+        "GPT2ForSequenceClassification, no trust_remote_code). Give exactly one of --from and --to."
+    )
+    parser.epilog = (
+        "--to hf-gpt2 checks the written folder before it appears: reloaded with the plain class, its logits must "
+        "match the source's within 1e-4 on a probe input. A GPT-2 classifier pools the last token that is not "
+        "pad_token_id (ignoring attention_mask), gpt-scratch the last one the mask keeps: the same unless a text "
+        "ends in the padding token."
     )
     parser.add_argument(
-        "--src", required=True, help="checkpoint folder / Hub id (hf-gpt2) or .pth/.safetensors file (book)"
+        "--from", dest="source_format", default=None, choices=["hf-gpt2", "book"],
+        help="import: hf-gpt2 = a Hugging Face gpt2 checkpoint (folder or Hub id); book = the book's GPTModel state "
+        "dict",
+    )
+    parser.add_argument(
+        "--to", dest="target_format", default=None, choices=["hf-gpt2"],
+        help="export: hf-gpt2 = a plain transformers gpt2 folder (config.json with model_type gpt2, "
+        "model.safetensors, tokenizer, generation_config.json) from the gpt-scratch folder --src",
+    )
+    parser.add_argument(
+        "--src", required=True,
+        help="--from hf-gpt2: checkpoint folder / Hub id; --from book: .pth/.safetensors file; --to hf-gpt2: a "
+        "gpt-scratch model folder (a run folder)",
     )
     parser.add_argument("--out", required=True, help="output folder (a loadable model folder)")
     parser.add_argument(
         "--config", default=None,
-        help=f"book only: a preset ({', '.join(PRESETS)}) or a JSON file with the book's cfg dict; "
+        help=f"--from book only: a preset ({', '.join(PRESETS)}) or a JSON file with the book's cfg dict; "
         "default: sizes inferred from the weights",
+    )
+    parser.add_argument(
+        "--fold-score-bias", action="store_true",
+        help="--to hf-gpt2, classifiers only: GPT-2's score layer has no bias; fold a non-zero score bias into the "
+        "final LayerNorm's bias (same logits; the exported final hidden states shift by a constant). Without it such "
+        "a classifier is refused",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return parser
@@ -664,13 +691,40 @@ def convert_main(args: argparse.Namespace) -> int:
     """Run ``gpt-scratch convert``; prints the output folder and returns the exit code."""
     from pipelines.generate import quiet_hf
 
-    if args.source_format == "hf-gpt2" and args.config is not None:
-        raise UserError("--config applies only to --from book: an hf-gpt2 checkpoint brings its own config.json")
+    source_format = getattr(args, "source_format", None)
+    target_format = getattr(args, "target_format", None)
+    if source_format is not None and target_format is not None:
+        raise UserError(
+            f"--from {source_format} and --to {target_format} exclude each other: --from imports into gpt-scratch, "
+            "--to exports from it; give one"
+        )
+    if source_format is None and target_format is None:
+        raise UserError("give --from hf-gpt2|book (import into gpt-scratch) or --to hf-gpt2 (export to plain gpt2)")
+    if getattr(args, "config", None) is not None and source_format != "book":
+        what = "--to hf-gpt2 reads the config of --src" if target_format else "an hf-gpt2 checkpoint brings its own"
+        raise UserError(f"--config applies only to --from book: {what} config.json")
+    if getattr(args, "fold_score_bias", False) and target_format is None:
+        raise UserError("--fold-score-bias applies only to --to hf-gpt2 (exporting a classifier)")
     with quiet_hf():
-        if args.source_format == "hf-gpt2":
+        if target_format == "hf-gpt2":
+            from pipelines.export import export_hf_gpt2
+
+            result = export_hf_gpt2(
+                args.src, args.out, overwrite=args.overwrite, fold_score_bias=getattr(args, "fold_score_bias", False)
+            )
+        elif source_format == "hf-gpt2":
             out = convert_hf_gpt2(args.src, args.out, overwrite=args.overwrite)
         else:
             out = convert_book(args.src, args.config, args.out, overwrite=args.overwrite)
+    if target_format is not None:
+        print(
+            f"exported {args.src} -> {result.out} ({result.architecture}, plain transformers gpt2; logits match the "
+            f"source within {result.max_abs_diff:.1e} on a probe input)",
+            file=sys.stdout,
+        )
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stdout)
+        return 0
     print(f"converted {args.src} -> {out}", file=sys.stdout)
     return 0
 

@@ -107,8 +107,13 @@ def build_bpe_tokenizer_object(vocab_size: int):
 
 
 def wrap_tokenizer(tokenizer_object, model_max_length: int | None = None):
-    """A ``transformers`` fast tokenizer around a ``tokenizers.Tokenizer``, end-of-text as eos = bos = unk = pad."""
-    from transformers import PreTrainedTokenizerFast
+    """A ``GPT2TokenizerFast`` around a ``tokenizers.Tokenizer``, end-of-text as eos = bos = unk = pad.
+
+    GPT-2's own class, so every transformers from 4.57 on loads the saved folder with the same ids (5.x's generic
+    ``TokenizersBackend`` is unknown to 4.x).  ``model_max_length`` should be the model's context, so that
+    ``truncation=True`` cuts there.
+    """
+    from transformers import GPT2TokenizerFast
 
     kwargs = dict(
         tokenizer_object=tokenizer_object,
@@ -121,7 +126,36 @@ def wrap_tokenizer(tokenizer_object, model_max_length: int | None = None):
     )
     if model_max_length is not None:
         kwargs["model_max_length"] = model_max_length
-    return PreTrainedTokenizerFast(**kwargs)
+    return GPT2TokenizerFast(**kwargs)
+
+
+def portable_tokenizer(tokenizer, context: int):
+    """``tokenizer`` ready to be saved into a model folder: ``model_max_length`` = the model's ``context``, pad =
+    end-of-text, and a byte-level BPE held in a generic fast class re-wrapped as ``GPT2TokenizerFast`` (same
+    pipeline, special tokens and chat template)."""
+    from transformers import GPT2TokenizerFast
+
+    if not isinstance(tokenizer, GPT2TokenizerFast) and _is_byte_level_bpe(tokenizer):
+        special = {name: getattr(tokenizer, name) for name in ("bos_token", "eos_token", "unk_token", "pad_token")}
+        chat_template = tokenizer.chat_template
+        tokenizer = GPT2TokenizerFast(
+            tokenizer_object=tokenizer.backend_tokenizer,
+            clean_up_tokenization_spaces=False,
+            add_prefix_space=False,
+            **{name: value for name, value in special.items() if value is not None},
+        )
+        tokenizer.chat_template = chat_template
+    tokenizer.model_max_length = context
+    return _set_pad_to_eos(tokenizer)
+
+
+def _is_byte_level_bpe(tokenizer) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    spec = json.loads(backend.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    return spec.get("model", {}).get("type") == "BPE" and pre.get("type") == "ByteLevel"
 
 
 def train_bpe_tokenizer(

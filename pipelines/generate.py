@@ -118,7 +118,7 @@ def generate_text(
             f"to at most {context - 1} tokens"
         )
     if max_new_tokens is None:
-        max_new_tokens = getattr(model.generation_config, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS
+        max_new_tokens = DEFAULT_MAX_NEW_TOKENS
     max_new_tokens = min(max_new_tokens, room)
     kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
     if temperature == 0:

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from modeling_gpt_scratch.convert import make_generation_config
+
 from . import config as config_schema
 from .errors import UserError
 from .fsutil import atomic_write_json
@@ -65,9 +67,6 @@ class InstructConfig(TrainConfig):
     test_fraction: float = field(default=SPLIT_FRACTIONS[2], metadata={"help": "share of records for the test split"})
     sample_count: int = field(default=3, metadata={"help": "validation instructions answered at each evaluation"})
     sample_tokens: int = field(default=48, metadata={"help": "tokens per sample answer"})
-    max_new_tokens: int = field(
-        default=0, metadata={"help": "answer length saved in generation_config.json (0: min(256, context / 2))"}
-    )
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --out"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
     # the book's chapter-7 settings in place of the pretraining defaults
@@ -256,19 +255,6 @@ def generate_responses(
 
 def default_max_new_tokens(context: int) -> int:
     return max(1, min(DEFAULT_MAX_NEW_TOKENS, context // 2))
-
-
-def instruct_generation_config(tokenizer, context: int, max_new_tokens: int = 0):
-    """Greedy decoding that stops at end-of-text, with an answer length that fits the context."""
-    from transformers import GenerationConfig
-
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens or default_max_new_tokens(context),
-        do_sample=False,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -466,7 +452,9 @@ def finetune(cfg: InstructConfig) -> int:
             metrics={"final": final, "history": result.history},
             run_config=run_config,
             workflow="finetune-instruct",
-            generation_config=instruct_generation_config(tokenizer, context, cfg.max_new_tokens),
+            generation_config=make_generation_config(
+                accelerator.unwrap_model(trainer.model).config, tokenizer.pad_token_id, do_sample=False, top_k=None
+            ),
             samples=samples,
         )
         accelerator.print(
@@ -511,7 +499,7 @@ def respond_main(args) -> int:
         raise UserError(f"the tokenizer in {args.model} has no end-of-text (eos) token to stop answers at")
     if torch.cuda.is_available():
         model.to("cuda")
-    max_new = args.max_new_tokens or getattr(model.generation_config, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS
+    max_new = args.max_new_tokens or default_max_new_tokens(model.config.max_position_embeddings)
     answers = generate_responses(
         model, tokenizer, records, batch_size=args.batch_size, max_new_tokens=max_new, progress=True
     )
@@ -534,5 +522,4 @@ __all__ = [
     "prepare_data",
     "generate_responses",
     "extract_response",
-    "instruct_generation_config",
 ]

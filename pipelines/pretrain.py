@@ -271,15 +271,10 @@ def pretrain(cfg: PretrainConfig) -> int:
             f"test loss {final.get('test_loss', math.nan):.4f} in {result.elapsed_s:.0f}s"
         )
         plot_history(result.history, out / "plots" / "loss.png", "pretraining loss")
-        from transformers import GenerationConfig
+        from modeling_gpt_scratch.convert import make_generation_config
 
-        generation = GenerationConfig(
-            max_new_tokens=min(128, context // 2),
-            do_sample=True,
-            temperature=0.8,
-            top_k=50,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+        generation = make_generation_config(
+            accelerator.unwrap_model(trainer.model).config, tokenizer.pad_token_id, temperature=0.8
         )
         write_model_folder(
             out,

@@ -87,7 +87,10 @@ def write_model_folder(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)
-    if tokenizer is not None and tokenizer.pad_token_id is not None:
+    if tokenizer is not None:
+        from modeling_gpt_scratch.tokenization import portable_tokenizer
+
+        tokenizer = portable_tokenizer(tokenizer, model.config.max_position_embeddings)
         model.config.pad_token_id = tokenizer.pad_token_id
     if generation_config is not None:
         model.generation_config = generation_config

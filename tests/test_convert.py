@@ -86,13 +86,15 @@ def test_hf_gpt2_parity(tmp_path, hf_gpt2_dir, tokenizer):
     assert mine.shape == (1, 26)
     assert torch.equal(mine, theirs)
 
-    # the tokenizer came along, with pad = eos, and the folder has generation defaults that fit the context
+    # the tokenizer came along, with pad = eos and the context as its length; the generation defaults set no length
+    # (a saved one would override a caller's)
     tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
     assert tok.pad_token == tok.eos_token == "<|endoftext|>"
     assert ours.config.pad_token_id == tok.eos_token_id
     gen = json.loads((out / "generation_config.json").read_text())
     assert gen["eos_token_id"] == gen["pad_token_id"] == tok.eos_token_id
-    assert 0 < gen["max_new_tokens"] < 64
+    assert "max_new_tokens" not in gen and "max_length" not in gen
+    assert tok.model_max_length == ours.config.max_position_embeddings
     assert "local_files_only" not in json.loads((out / "tokenizer_config.json").read_text())
 
 
