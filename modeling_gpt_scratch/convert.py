@@ -718,8 +718,8 @@ def convert_main(args: argparse.Namespace) -> int:
             out = convert_book(args.src, args.config, args.out, overwrite=args.overwrite)
     if target_format is not None:
         print(
-            f"exported {args.src} -> {result.out} ({result.architecture}, plain transformers gpt2; logits match the "
-            f"source within {result.max_abs_diff:.1e} on a probe input)",
+            f"exported {args.src} -> {result.out} ({result.architecture}, plain transformers gpt2; on a probe input "
+            f"its logits differ from the source's by at most {result.max_abs_diff:.1e})",
             file=sys.stdout,
         )
         for note in result.notes:

@@ -59,12 +59,14 @@ def _check(args) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check(args)
-    from .generation_utils import StreamingGeneration, context_length, is_instruct, load_model, make_generator
+    from .engine import Engine, make_generator
+    from .generate import is_instruct, load_model
 
     model, tokenizer = load_model(args.model)
+    engine = Engine(model, tokenizer)
     instruct = is_instruct(tokenizer)
     generator = make_generator(args.seed)  # one stream of randomness for the whole conversation
-    budget = max(context_length(model) - args.max_new_tokens, context_length(model) // 2)
+    budget = max(engine.context - args.max_new_tokens, engine.context // 2)
     interactive = sys.stdin.isatty()
     mode = "instruct model: Alpaca prompt per turn" if instruct else "base model: transcript chat"
     print(f"chatting with {args.model} ({mode}); /exit or end of input quits, /reset forgets", file=sys.stderr)
@@ -100,32 +102,31 @@ def run(args: argparse.Namespace) -> int:
         else:
             prompt = fit_transcript(tokenizer, history + [user], args.system, budget)
             stops = STOP_STRINGS
-        gen = StreamingGeneration(
-            model,
-            tokenizer,
+        request = engine.request(
             prompt,
             max_new_tokens=args.max_new_tokens,
             temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
+            top_p=1.0 if args.top_p is None else args.top_p,
+            top_k=args.top_k or 0,
             generator=generator,
             stop=stops,
             trim=True,
         )
         out.write(f"{BOT_PREFIX} ")
         out.flush()
-        pieces = iter(gen)
+
+        def show(_request, piece):
+            out.write(piece)
+            out.flush()
+
         try:
-            for piece in pieces:
-                out.write(piece)
-                out.flush()
+            engine.run([request], on_text=show)
         except KeyboardInterrupt:
-            pieces.close()
             out.write(" [stopped]")
         out.write("\n")
         out.flush()
         if not instruct:
-            history += [user, {"role": "assistant", "content": gen.text}]
+            history += [user, {"role": "assistant", "content": request.text}]
     return 0
 
 

@@ -25,7 +25,7 @@ WORKFLOWS = {
         "modeling_gpt_scratch.convert",
         "add_convert_arguments",
         "convert_main",
-        "import OpenAI GPT-2 (HF gpt2 checkpoint) or book .pth weights",
+        "import OpenAI GPT-2 (HF gpt2) or book .pth weights; --to hf-gpt2: export to plain gpt2",
     ),
     "generate": ("pipelines.generate", "add_generate_arguments", "generate_main", "sample text from a model"),
     "chat": ("pipelines.chat", "add_arguments", "run", "chat with a base (transcript) or instruct model"),

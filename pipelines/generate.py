@@ -77,6 +77,18 @@ def load_model_and_tokenizer(model_dir, device=None):
     return model, tokenizer
 
 
+def load_model(folder, device: str | None = None):
+    """``(model, tokenizer)`` from a model folder, in eval mode, on the GPU when there is one (or ``device``)."""
+    import torch
+
+    return load_model_and_tokenizer(folder, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def is_instruct(tokenizer) -> bool:
+    """An instruct model's tokenizer carries a chat template; a base model's does not."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
 def generate_text(
     model,
     tokenizer,
@@ -87,12 +99,9 @@ def generate_text(
     top_p: float | None = None,
     seed: int | None = None,
 ) -> str:
-    """The continuation of ``prompt`` (the new text only).  ``temperature == 0`` decodes greedily.
-
-    ``max_new_tokens`` defaults to the folder's generation config (else 100) and is cut to what fits in the context.
-    """
-    import torch
-    from transformers import set_seed
+    """The continuation of ``prompt`` (the new text only), through the decoding engine.  ``temperature == 0``
+    decodes greedily; ``max_new_tokens`` (default 100) is cut to what fits in the context."""
+    from .engine import Engine
 
     if temperature < 0:
         raise UserError(f"--temperature {temperature} is negative: use 0 for greedy decoding or a positive value")
@@ -102,39 +111,29 @@ def generate_text(
         raise UserError(f"--top-p {top_p} is outside (0, 1]: use e.g. 0.9, or 1 to turn it off")
     if max_new_tokens is not None and max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {max_new_tokens} must be at least 1")
-    if seed is not None:
-        set_seed(seed)
-    inputs = tokenizer(prompt, return_tensors="pt")
-    prompt_len = inputs["input_ids"].shape[1]
-    if prompt_len == 0:  # an empty prompt starts from end-of-text, as GPT-2's unconditional samples do
-        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        inputs = {"input_ids": torch.tensor([[bos]]), "attention_mask": torch.ones(1, 1, dtype=torch.long)}
-        prompt_len = 1
-    context = model.config.max_position_embeddings
-    room = context - prompt_len
-    if room < 1:
+    engine = Engine(model, tokenizer)
+    ids = tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
+    if len(ids) >= engine.context:
         raise UserError(
-            f"the prompt is {prompt_len} tokens, but the model's context holds {context} in all: shorten the prompt "
-            f"to at most {context - 1} tokens"
+            f"the prompt is {len(ids)} tokens, but the model's context holds {engine.context} in all: shorten the "
+            f"prompt to at most {engine.context - 1} tokens"
         )
-    if max_new_tokens is None:
-        max_new_tokens = DEFAULT_MAX_NEW_TOKENS
-    max_new_tokens = min(max_new_tokens, room)
-    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-    if temperature == 0:
-        kwargs.update(do_sample=False, top_k=None, top_p=None, temperature=None)
-    else:
-        kwargs.update(do_sample=True, temperature=temperature, top_k=top_k or None, top_p=top_p)
-    with torch.no_grad():
-        output = model.generate(**inputs, **kwargs)
-    return tokenizer.decode(output[0, prompt_len:], skip_special_tokens=True)
+    request = engine.request(
+        ids,
+        max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+        temperature=temperature,
+        top_k=top_k or 0,
+        top_p=1.0 if top_p is None else top_p,
+        seed=seed,
+    )
+    return engine.run([request])[0].text
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags of ``gpt-scratch generate``."""
     parser.add_argument("--model", required=True, help="model folder (config.json, model.safetensors, tokenizer)")
     parser.add_argument("--prompt", required=True, help="text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the folder's generation config")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help=f"default {DEFAULT_MAX_NEW_TOKENS}")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; higher = more random (default 1)")
     parser.add_argument(
         "--top-k", type=int, default=50, help="sample among the k likeliest tokens; 0 = off (default 50)"
@@ -162,4 +161,7 @@ def generate_main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["quiet_hf", "check_model_folder", "load_model_and_tokenizer", "generate_text", "add_generate_arguments", "generate_main"]
+__all__ = [
+    "quiet_hf", "check_model_folder", "load_model_and_tokenizer", "load_model", "is_instruct", "generate_text",
+    "add_generate_arguments", "generate_main",
+]

@@ -181,76 +181,44 @@ def extract_response(text: str) -> str:
     return text.strip()
 
 
-@torch.no_grad()
 def generate_responses(
     model, tokenizer, records: list[dict], *, batch_size: int = 8, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     progress: bool = False,
 ) -> list[str]:
-    """Greedy answers for ``records`` (in their order), batched with left padding and stopped at end-of-text.
+    """Greedy answers for ``records`` (in their order), decoded ``batch_size`` at a time by the engine, each row
+    stopping at its own end-of-text.
 
-    Records are batched by prompt length (less padding) and the answers put back in order.  A prompt longer than the
-    context keeps its last ``context - 1`` tokens (the ``### Response:`` header must stay).  Each batch generates at
-    most ``max_new_tokens``, fewer when its longest prompt leaves less room in the context.
+    Records are batched by prompt length (less padding) and the answers put back in order.  A prompt too long for
+    the context keeps its newest tokens (the ``### Response:`` header must stay).
     """
+    from .engine import Engine
     from .prompts import format_alpaca
 
-    model = getattr(model, "module", model)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    context = model.config.max_position_embeddings
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    if pad is None:
-        pad = eos
+    engine = Engine(model, tokenizer)
     prompts = tokenizer([format_alpaca(r) for r in records], add_special_tokens=False)["input_ids"] if records else []
-    too_long = sum(len(ids) >= context for ids in prompts)
+    requests = [engine.request(ids, max_new_tokens=max_new_tokens) for ids in prompts]
+    too_long = sum(r.truncated > 0 for r in requests)
     if too_long and progress:
         import sys
 
-        print(f"note: {too_long} prompt(s) longer than the context ({context} tokens) keep only their last "
-              f"{context - 1} tokens", file=sys.stderr)
-    prompts = [ids[-(context - 1) :] if len(ids) >= context else ids for ids in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: list[str | None] = [None] * len(prompts)
-
+        print(f"note: {too_long} prompt(s) too long for the context ({engine.context} tokens) keep only their "
+              "newest tokens", file=sys.stderr)
+    order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(prompts), desc="respond", unit="record", dynamic_ncols=True)
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+        bar = tqdm(total=len(requests), desc="respond", unit="record", dynamic_ncols=True)
     try:
         for start in range(0, len(order), max(1, batch_size)):
-            chunk = order[start : start + max(1, batch_size)]
-            batch = tokenizer.pad({"input_ids": [prompts[i] for i in chunk]}, padding=True, return_tensors="pt")
-            input_ids = batch["input_ids"].to(device)
-            attention_mask = batch["attention_mask"].to(device)
-            width = input_ids.shape[1]
-            new_tokens = max(1, min(max_new_tokens, context - width))
-            output = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_k=None,
-                top_p=None,
-                eos_token_id=eos,
-                pad_token_id=pad,
-            )
-            for row, index in enumerate(chunk):
-                text = tokenizer.decode(output[row, width:], skip_special_tokens=True)
-                answers[index] = extract_response(text)
+            chunk = [requests[i] for i in order[start : start + max(1, batch_size)]]
+            engine.run(chunk)
             if bar is not None:
                 bar.update(len(chunk))
     finally:
-        tokenizer.padding_side = old_side
         if bar is not None:
             bar.close()
-        if was_training:
-            model.train()
-    return answers  # type: ignore[return-value]
+    return [extract_response(r.text) for r in requests]
 
 
 def default_max_new_tokens(context: int) -> int:

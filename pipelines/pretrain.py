@@ -135,27 +135,13 @@ def stack_collate(items):
 
 
 def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, seed: int) -> str:
-    """A sampled continuation that leaves the global RNG untouched (so resumed runs stay bit-identical)."""
-    model = getattr(model, "module", model)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    ids = tokenizer(prompt or tokenizer.eos_token, return_tensors="pt").input_ids.to(device)
-    room = model.config.max_position_embeddings - ids.shape[1]
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-        torch.manual_seed(seed)
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max(1, min(max_new_tokens, room)),
-            do_sample=True,
-            top_k=50,
-            temperature=0.8,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    if was_training:
-        model.train()
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    """A sampled continuation (temperature 0.8, top-k 50) from its own seeded generator, so the global RNG -- and
+    with it a resumed run -- is untouched."""
+    from .engine import Engine
+
+    engine = Engine(model, tokenizer)
+    request = engine.request(prompt or "", max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed)
+    return engine.run([request])[0].text
 
 
 def build_datasets(cfg: PretrainConfig, tokenizer, out: Path, context: int):

@@ -1,20 +1,24 @@
-"""The fast paths against the slow ones they replace.
+"""The decoding engine (``pipelines/engine.py``) against the oracles it must agree with.
 
-``GPTScratchForCausalLM.generate`` runs greedy decoding and plain sampling in a lean loop of its own (a preallocated
-``KVBuffer``, masks and positions computed once), and every projection of a decoding step goes through
-``project_few_rows``.  The oracle throughout is ``GenerationMixin.generate`` called on the same model -- the path
-every other model takes -- and a plain forward pass.  Tiny configs, so the suite stays fast.
+The oracle for greedy decoding is ``GenerationMixin.generate`` on the same model, left padding included; for
+sampling, transformers' own logits warpers and full forward passes; for the buffer, ``DynamicCache``.  Tiny configs,
+so the suite stays fast.
 """
 
 import pytest
 import torch
-import torch.nn.functional as F
-from transformers import GenerationMixin
 from transformers.cache_utils import DynamicCache
-from transformers.generation.streamers import BaseStreamer
 
 from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
-from modeling_gpt_scratch import modeling_gpt_scratch as mg
+from pipelines.engine import (
+    CACHE_ARGUMENT,
+    Engine,
+    KVBuffer,
+    Request,
+    cut_at_stop_strings,
+    decode_incrementally,
+    sample_next_token,
+)
 
 VOCAB = 96
 
@@ -34,6 +38,18 @@ def tiny_lm(seed=0, scale=0.3, **overrides):
     return model
 
 
+class LetterTokenizer:
+    """Token id i is the letter chr(65 + i % 26); id 0 is end-of-text (decoded as nothing)."""
+
+    pad_token_id = bos_token_id = eos_token_id = 0
+
+    def decode(self, ids, skip_special_tokens=True, **kwargs):
+        return "".join(chr(65 + i % 26) for i in ids if i != 0 or not skip_special_tokens)
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) - 65 for c in text]
+
+
 def ids_between(low, high, *shape, seed=1):
     return torch.randint(low, high, shape, generator=torch.Generator().manual_seed(seed))
 
@@ -43,27 +59,20 @@ def left_padded(prompts, pad):
     input_ids = torch.full((len(prompts), width), pad)
     attention_mask = torch.zeros(len(prompts), width, dtype=torch.long)
     for row, p in enumerate(prompts):
-        input_ids[row, width - len(p):] = p
+        input_ids[row, width - len(p):] = torch.as_tensor(p)
         attention_mask[row, width - len(p):] = 1
     return input_ids, attention_mask
 
 
-def mixin_generate(model, *args, **kwargs):
-    """The reference: GenerationMixin's own generate on our model (bypassing the override), on the kernels
-    ``model.generate`` uses -- a batch inside ``packed_for_decoding``, as there.  That the packed kernels compute the
-    plain projections is tested on its own below."""
-    prompt = args[0] if args else kwargs.get("input_ids")
-    with mg.packed_for_decoding(model, prompt.shape[0]):
-        return GenerationMixin.generate(model, *args, **kwargs)
-
-
-@pytest.fixture
-def lean_only(monkeypatch):
-    """Make any fallback to GenerationMixin.generate fail, to prove the lean loop ran."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("GenerationMixin.generate was called: the lean path was not taken")
-
-    monkeypatch.setattr(GenerationMixin, "generate", refuse)
+def mixin_new_tokens(model, prompts, eos=None, **kwargs):
+    """GenerationMixin's greedy continuation of each prompt (left-padded batch), cut before its first eos."""
+    input_ids, attention_mask = left_padded(prompts, 0)
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False, pad_token_id=0,
+                         eos_token_id=eos, **kwargs)
+    rows = []
+    for row in out[:, input_ids.shape[1]:].tolist():
+        rows.append(row[: row.index(eos)] if eos is not None and eos in row else row)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -72,118 +81,89 @@ def lean_only(monkeypatch):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_greedy_batch_1_equals_generation_mixin(seed):
+def test_greedy_single_prompt_equals_generation_mixin(seed):
     model = tiny_lm(seed)
-    prompt = ids_between(1, VOCAB, 1, 6, seed=seed)
-    kwargs = dict(max_new_tokens=40, do_sample=False)
-    expected = mixin_generate(model, prompt, **kwargs)
-    got = model.generate(prompt, **kwargs)
-    assert torch.equal(got, expected)
-    # use_cache=False: GenerationMixin's full recomputation; our override hands it over unchanged
-    uncached = mixin_generate(model, prompt, use_cache=False, **kwargs)
-    assert torch.equal(model.generate(prompt, use_cache=False, **kwargs), uncached)
-    assert torch.equal(got, uncached)
+    prompt = ids_between(1, VOCAB, 6, seed=seed).tolist()
+    (request,) = Engine(model, LetterTokenizer(), eos_ids=()).run([Request(prompt, max_new_tokens=40)])
+    assert request.tokens == mixin_new_tokens(model, [prompt], max_new_tokens=40)[0]
+    assert request.finish_reason == "length" and len(request.tokens) == 40
 
 
-def test_greedy_left_padded_batch_equals_generation_mixin():
+def test_greedy_left_padded_batch_equals_generation_mixin_and_each_prompt_alone():
     model = tiny_lm()
-    pad = model.config.pad_token_id
-    prompts = [ids_between(1, VOCAB, 3, seed=2), ids_between(1, VOCAB, 9, seed=3), ids_between(1, VOCAB, 5, seed=4)]
-    input_ids, attention_mask = left_padded(prompts, pad)
-    kwargs = dict(max_new_tokens=30, do_sample=False, pad_token_id=pad)
-    expected = mixin_generate(model, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    got = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    assert torch.equal(got, expected)
-    # and each row equals its prompt generated alone, unpadded
-    for row, p in enumerate(prompts):
-        alone = model.generate(p[None], **kwargs)
-        assert torch.equal(got[row, input_ids.shape[1]:], alone[0, len(p):])
-    uncached = mixin_generate(model, input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
-    assert torch.equal(got, uncached)
+    prompts = [ids_between(1, VOCAB, n, seed=n).tolist() for n in (3, 9, 5)]
+    engine = Engine(model, LetterTokenizer(), eos_ids=())
+    batch = engine.run([Request(p, max_new_tokens=30) for p in prompts])
+    expected = mixin_new_tokens(model, prompts, max_new_tokens=30)
+    assert [r.tokens for r in batch] == expected
+    for p, r in zip(prompts, batch):
+        assert engine.run([Request(p, max_new_tokens=30)])[0].tokens == r.tokens
 
 
-def test_lean_path_runs_for_the_common_cases(lean_only):
+def test_rows_stop_at_their_own_end_and_leave_the_batch():
     model = tiny_lm()
-    prompt = ids_between(1, VOCAB, 2, 5)
-    model.generate(prompt, max_new_tokens=5, do_sample=False)
-    model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=True, top_k=5,
-                   top_p=0.9, temperature=0.7, pad_token_id=0, eos_token_id=[0, 1])
-    model.generate(inputs=prompt, max_new_tokens=5, streamer=Collect())
+    prompts = [ids_between(1, VOCAB, n, seed=10 + n).tolist() for n in (4, 7, 6)]
+    free = mixin_new_tokens(model, prompts, max_new_tokens=25)
+    eos = free[0][3]  # a token one row produces early, others later or never: rows finish at different steps
+    engine = Engine(model, LetterTokenizer(), eos_ids=[eos])
+    lengths = [25, 10, 25]
+    got = engine.run([Request(p, max_new_tokens=n) for p, n in zip(prompts, lengths)])
+    expected = mixin_new_tokens(model, prompts, eos=eos, max_new_tokens=25)
+    assert got[0].tokens == expected[0] and got[0].finish_reason == "stop" and len(got[0].tokens) == 3
+    assert got[1].tokens == expected[1][:10]  # its own budget
+    assert got[1].finish_reason == ("length" if eos not in free[1][:10] else "stop")
+    assert got[2].tokens == expected[2]
 
 
-def test_eos_stops_and_pads_finished_rows_like_generation_mixin():
+def test_prompt_that_does_not_fit_is_refused_and_request_fits_it():
     model = tiny_lm()
-    prompts = [ids_between(1, VOCAB, 4, seed=5), ids_between(1, VOCAB, 7, seed=6), ids_between(1, VOCAB, 6, seed=7)]
-    input_ids, attention_mask = left_padded(prompts, 0)
-    free = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=25, do_sample=False,
-                          eos_token_id=None, pad_token_id=0)
-    new = free[:, input_ids.shape[1]:]
-    # a token that one row produces early and another later (or never): rows finish at different steps
-    eos = int(new[0, 3])
-    kwargs = dict(max_new_tokens=25, do_sample=False, eos_token_id=eos, pad_token_id=VOCAB - 1)
-    expected = mixin_generate(model, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    got = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    assert torch.equal(got, expected)
-    assert got.shape[1] <= free.shape[1]
-    assert (got[0, input_ids.shape[1] + 4:] == VOCAB - 1).all()  # row 0 stopped after its eos, then padding
-    # a list of end tokens, and pad_token_id left unset (GenerationMixin pads with the first end token)
-    kwargs = dict(max_new_tokens=25, do_sample=False, eos_token_id=[eos, int(new[1, 2])])
-    model.generation_config.pad_token_id = None
-    try:
-        expected = mixin_generate(model, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        assert torch.equal(model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs), expected)
-    finally:
-        model.generation_config.pad_token_id = 0
-
-
-def test_mask_inferred_from_padding_when_not_given():
-    """No attention_mask, pad != eos: GenerationMixin infers the mask from the pad tokens; so do we."""
-    model = tiny_lm(pad_token_id=5, eos_token_id=7)
-    input_ids, _ = left_padded([ids_between(8, VOCAB, 3, seed=8), ids_between(8, VOCAB, 6, seed=9)], 5)
-    kwargs = dict(max_new_tokens=15, do_sample=False)
-    assert torch.equal(model.generate(input_ids, **kwargs), mixin_generate(model, input_ids, **kwargs))
-
-
-class Collect(BaseStreamer):
-    def __init__(self):
-        self.chunks, self.ended = [], False
-
-    def put(self, value):
-        self.chunks.append(value.clone())
-
-    def end(self):
-        self.ended = True
-
-
-def test_streamer_sees_what_generation_mixin_streams():
-    model = tiny_lm()
-    input_ids, attention_mask = left_padded([ids_between(1, VOCAB, 4, seed=10), ids_between(1, VOCAB, 6, seed=11)], 0)
-    ours, theirs = Collect(), Collect()
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=8, do_sample=False)
-    model.generate(streamer=ours, **kwargs)
-    mixin_generate(model, streamer=theirs, **kwargs)
-    assert ours.ended and theirs.ended
-    assert len(ours.chunks) == len(theirs.chunks) == 9
-    for a, b in zip(ours.chunks, theirs.chunks):
-        assert torch.equal(a, b)
+    engine = Engine(model, LetterTokenizer())
+    with pytest.raises(ValueError, match="does not leave room"):
+        engine.run([Request(list(range(1, 97)))])
+    request = engine.request(list(range(1, 95)) * 2, max_new_tokens=40)
+    assert len(request.prompt_ids) + request.max_new_tokens <= 96 and request.truncated > 0
+    assert request.prompt_ids[-1] == 94  # the newest tokens are kept
+    assert engine.request("", max_new_tokens=5).prompt_ids == [0]  # an empty prompt starts after end-of-text
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the near-tie guard of the fast output projection
+# text: streaming, stop strings
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_near_tied_head_rows_give_generation_mixins_tokens():
-    """Two output-head rows one rounding step apart: logits tie to the last bits at every step."""
-    model = tiny_lm(tie_word_embeddings=False)
-    prompt = ids_between(1, VOCAB, 1, 5)
-    first = model.generate(prompt, max_new_tokens=20, do_sample=False)[0, 5:]
-    with torch.no_grad():
-        for token in first.unique():
-            twin = (int(token) + 1) % VOCAB
-            model.lm_head.weight[twin] = torch.nextafter(model.lm_head.weight[token], torch.tensor(float("inf")))
-    kwargs = dict(max_new_tokens=20, do_sample=False)
-    assert torch.equal(model.generate(prompt, **kwargs), mixin_generate(model, prompt, **kwargs))
+def test_streamed_pieces_join_to_the_text_and_stop_strings_end_each_row():
+    model = tiny_lm()
+    tokenizer = LetterTokenizer()
+    engine = Engine(model, tokenizer, eos_ids=())
+    prompts = [ids_between(1, VOCAB, n, seed=20 + n).tolist() for n in (4, 6)]
+    free = engine.run([Request(p, max_new_tokens=20) for p in prompts])
+    full = [tokenizer.decode(r.tokens) for r in free]
+    stop = full[0][5:7]  # a stop string that row 0 reaches after 5 characters
+    streamed = {0: [], 1: []}
+    requests = [Request(p, max_new_tokens=20, stop=[stop]) for p in prompts]
+    engine.run(requests, on_text=lambda r, piece: streamed[requests.index(r)].append(piece))
+    assert requests[0].text == full[0][: full[0].index(stop)] and requests[0].finish_reason == "stop"
+    cut = full[1].find(stop)
+    assert requests[1].text == (full[1] if cut < 0 else full[1][:cut])
+    for index, request in enumerate(requests):
+        assert "".join(streamed[index]) == request.text
+        assert all(stop not in piece for piece in streamed[index])
+
+
+def test_text_helpers_keep_characters_whole_and_hide_stop_strings():
+    from transformers import AutoTokenizer  # noqa: F401  (the real tokenizers are tested in test_serve_judge_chat)
+
+    state = {}
+    assert "".join(cut_at_stop_strings(iter(["Sure", ", hi", "\nUs", "er: x"]), ["\nUser:"], state)) == "Sure, hi"
+    assert state["stop"] == "\nUser:"
+
+    class Bytes:
+        def decode(self, ids, **kwargs):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    data = "né 😀!".encode()
+    pieces = list(decode_incrementally(Bytes(), list(data)))
+    assert "".join(pieces) == "né 😀!" and all("\ufffd" not in p for p in pieces)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -191,61 +171,50 @@ def test_near_tied_head_rows_give_generation_mixins_tokens():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_sampling_is_reproducible_with_a_seed():
+def test_sampling_is_reproducible_per_request_seed():
     model = tiny_lm()
-    prompt = ids_between(1, VOCAB, 2, 4)
-    kwargs = dict(max_new_tokens=20, do_sample=True, top_k=20, top_p=0.9, temperature=1.5, eos_token_id=None)
-    torch.manual_seed(123)
-    first = model.generate(prompt, **kwargs)
-    torch.manual_seed(123)
-    second = model.generate(prompt, **kwargs)
-    torch.manual_seed(124)
-    other = model.generate(prompt, **kwargs)
-    assert torch.equal(first, second)
-    assert not torch.equal(first, other)
+    engine = Engine(model, LetterTokenizer(), eos_ids=())
+    prompt = ids_between(1, VOCAB, 4).tolist()
+    settings = dict(max_new_tokens=20, temperature=1.5, top_k=20, top_p=0.9)
+    first, second, other = engine.run([Request(prompt, seed=s, **settings) for s in (123, 123, 124)])
+    assert first.tokens == second.tokens != other.tokens
+    assert engine.run([Request(prompt, seed=123, **settings)])[0].tokens == first.tokens  # alone as in a batch
 
 
 def test_top_k_1_equals_greedy():
     model = tiny_lm()
-    prompt = ids_between(1, VOCAB, 2, 5)
-    greedy = model.generate(prompt, max_new_tokens=20, do_sample=False)
-    torch.manual_seed(0)
-    assert torch.equal(model.generate(prompt, max_new_tokens=20, do_sample=True, top_k=1, temperature=0.7), greedy)
+    engine = Engine(model, LetterTokenizer(), eos_ids=())
+    prompt = ids_between(1, VOCAB, 5).tolist()
+    greedy = engine.run([Request(prompt, max_new_tokens=20)])[0].tokens
+    assert engine.run([Request(prompt, max_new_tokens=20, temperature=0.7, top_k=1, seed=0)])[0].tokens == greedy
 
 
-def step_logits(model, sequences, prompt_len):
-    """Logits that chose each generated token, from full forward passes (an oracle independent of the cache)."""
+def step_logits(model, prompt, tokens):
+    """Logits that chose each generated token, from one full forward pass (an oracle independent of the cache)."""
+    sequence = torch.tensor([prompt + tokens])
     with torch.no_grad():
-        return model(sequences, use_cache=False).logits[:, prompt_len - 1 : -1]
+        return model(sequence, use_cache=False).logits[0, len(prompt) - 1 : -1]
 
 
-def test_sampled_tokens_respect_top_k():
-    model = tiny_lm(scale=0.05)  # flat distributions: without the cut, tokens outside the top 3 would be drawn
-    prompt = ids_between(1, VOCAB, 4, 5)
-    torch.manual_seed(1)
-    out = model.generate(prompt, max_new_tokens=30, do_sample=True, top_k=3, eos_token_id=None)
-    logits = step_logits(model, out, 5)
-    allowed = logits.topk(3, dim=-1).indices
-    assert (allowed == out[:, 5:, None]).any(-1).all()
+def test_sampled_tokens_respect_top_k_and_top_p():
+    model = tiny_lm(scale=0.05)  # flat distributions: without the cut, tokens outside it would be drawn
+    engine = Engine(model, LetterTokenizer(), eos_ids=())
+    prompt = ids_between(1, VOCAB, 5).tolist()
+    request = engine.run([Request(prompt, max_new_tokens=30, temperature=1.0, top_k=3, seed=1)])[0]
+    allowed = step_logits(model, prompt, request.tokens).topk(3, dim=-1).indices
+    assert (allowed == torch.tensor(request.tokens)[:, None]).any(-1).all()
 
-
-def test_sampled_tokens_respect_top_p():
-    model = tiny_lm(scale=0.05)
-    prompt = ids_between(1, VOCAB, 4, 5)
-    torch.manual_seed(2)
     top_p, temperature = 0.3, 0.8
-    out = model.generate(prompt, max_new_tokens=30, do_sample=True, top_k=0, top_p=top_p, temperature=temperature,
-                         eos_token_id=None)
-    probs = torch.softmax(step_logits(model, out, 5) / temperature, dim=-1)
-    chosen = probs.gather(-1, out[:, 5:, None]).squeeze(-1)
-    # a token is in the nucleus when the tokens more likely than it hold less than top_p of the mass
-    mass_above = (probs * (probs > chosen[..., None])).sum(-1)
+    request = engine.run([Request(prompt, max_new_tokens=30, temperature=temperature, top_p=top_p, seed=2)])[0]
+    probs = torch.softmax(step_logits(model, prompt, request.tokens) / temperature, dim=-1)
+    chosen = probs.gather(-1, torch.tensor(request.tokens)[:, None]).squeeze(-1)
+    mass_above = (probs * (probs > chosen[:, None])).sum(-1)  # in the nucleus: likelier tokens hold < top_p
     assert (mass_above < top_p + 1e-5).all()
-    assert len(out[:, 5:].unique()) > 3  # and it did sample, not just take the argmax
+    assert len(set(request.tokens)) > 3  # and it did sample, not just take the argmax
 
 
-def test_sample_next_token_matches_the_generation_mixin_warpers():
-    """Same support as Temperature -> TopK -> TopP warpers of transformers, on random logits."""
+def test_sample_next_token_has_the_support_of_the_generation_mixin_warpers():
+    """Same support as transformers' Temperature -> TopK -> TopP warpers, on random logits."""
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     logits = torch.randn(6, 200, generator=torch.Generator().manual_seed(3)) * 2
@@ -256,220 +225,52 @@ def test_sample_next_token_matches_the_generation_mixin_warpers():
         if top_p < 1.0:
             scores = TopPLogitsWarper(top_p)(None, scores)
         support = torch.isfinite(scores)
-        torch.manual_seed(0)
-        drawn = torch.stack([mg.sample_next_token(logits, temperature, top_k, top_p) for _ in range(300)], 1)
+        generator = torch.Generator().manual_seed(0)
+        drawn = torch.stack([sample_next_token(logits, temperature, top_k, top_p, generator) for _ in range(300)], 1)
         hit = torch.zeros_like(support)
         hit.scatter_(1, drawn, True)
         assert (hit <= support).all(), (temperature, top_k, top_p)  # nothing outside the support
         small = support.sum(1) <= 5
         assert (hit[small] == support[small]).all()  # and every token of a small support gets drawn
+    assert torch.equal(sample_next_token(logits, 0.0), logits.argmax(-1))
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# what the lean loop hands to GenerationMixin
+# the buffer
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_other_features_fall_back_to_generation_mixin():
-    model = tiny_lm()
-    prompt = ids_between(1, VOCAB, 1, 5)
-    out = model.generate(prompt, max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_scores=True)
-    assert out.sequences.shape == (1, 11) and len(out.scores) == 6
-    for extra in (dict(num_beams=3), dict(repetition_penalty=1.3), dict(no_repeat_ngram_size=2),
-                  dict(min_new_tokens=4, eos_token_id=3)):
-        kwargs = dict(max_new_tokens=8, do_sample=False, **extra)
-        assert torch.equal(model.generate(prompt, **kwargs), mixin_generate(model, prompt, **kwargs)), extra
-    # no max_new_tokens: GenerationMixin's default length rules
-    assert torch.equal(model.generate(prompt, do_sample=False), mixin_generate(model, prompt, do_sample=False))
-
-
-def test_errors_come_from_generation_mixin():
-    model = tiny_lm()
-    with pytest.raises(ValueError):
-        model.generate(ids_between(1, VOCAB, 1, 5), max_new_tokens=5, not_an_argument=3)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# building blocks
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def test_kv_buffer_gives_the_same_logits_as_dynamic_cache():
+def test_kv_buffer_gives_the_logits_of_dynamic_cache():
     model = tiny_lm()
     input_ids, attention_mask = left_padded([ids_between(1, VOCAB, 5, seed=12), ids_between(1, VOCAB, 8, seed=13)], 0)
     steps = ids_between(1, VOCAB, 2, 6, seed=14)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    caches = [DynamicCache(config=model.config), mg.KVBuffer(model.config.num_hidden_layers, 8 + 6)]
     results = []
     with torch.no_grad():
-        for cache in caches:
-            mask, pos = attention_mask, position_ids
-            logits = [model(input_ids, attention_mask=mask, position_ids=pos, past_key_values=cache).logits]
+        for cache in (DynamicCache(config=model.config), KVBuffer(model.config.num_hidden_layers, 8 + 6)):
+            width = 8
+            causal = torch.ones(width, width, dtype=torch.bool).tril()
+            real = attention_mask.bool()
+            mask = ((causal[None] & real[:, None]) | torch.eye(width, dtype=torch.bool))[:, None]
+            logits = [model(input_ids, attention_mask=mask, position_ids=position_ids,
+                            **{CACHE_ARGUMENT: cache}).logits]
+            pos = position_ids[:, -1:]
             for s in range(steps.shape[1]):
-                mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
-                pos = pos[:, -1:] + 1
-                logits.append(model(steps[:, s : s + 1], attention_mask=mask, position_ids=pos,
-                                    past_key_values=cache).logits)
+                real = torch.cat([real, torch.ones(2, 1, dtype=torch.bool)], 1)
+                pos = pos + 1
+                logits.append(model(steps[:, s : s + 1], attention_mask=real[:, None, None], position_ids=pos,
+                                    **{CACHE_ARGUMENT: cache}).logits)
             results.append(logits)
-    assert caches[1].get_seq_length() == 14
+            assert cache.get_seq_length() == 14
     for a, b in zip(*results):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_kv_buffer_refuses_to_overflow():
-    cache = mg.KVBuffer(1, 4)
-    cache.update(torch.zeros(1, 2, 3, 8), torch.zeros(1, 2, 3, 8), 0)
+def test_kv_buffer_refuses_to_overflow_and_keeps_rows():
+    cache = KVBuffer(1, 4)
+    keys = torch.arange(3 * 2 * 3 * 8, dtype=torch.float).view(3, 2, 3, 8)
+    cache.update(keys, keys, 0)
+    cache.keep_rows(torch.tensor([2, 0]))
+    assert torch.equal(cache.keys[0][:, :, :3], keys[[2, 0]])
     with pytest.raises(ValueError, match="holds 4 positions"):
-        cache.update(torch.zeros(1, 2, 2, 8), torch.zeros(1, 2, 2, 8), 0)
-
-
-@pytest.mark.parametrize("rows", [1, 2, 9, 64, 65])
-@pytest.mark.parametrize("bias", [False, True])
-@torch.no_grad()
-def test_project_few_rows_is_linear(rows, bias, monkeypatch):
-    torch.manual_seed(rows)
-    linear = torch.nn.Linear(48, 300, bias=bias)
-    x = torch.randn(rows, 1, 48)
-    expected = linear(x)
-    if rows <= mg.FEW_ROWS:  # the fast form must not go through F.linear at all
-        def refuse(*args, **kwargs):
-            raise AssertionError("F.linear was called: the few-rows path was not taken")
-
-        monkeypatch.setattr(F, "linear", refuse)
-    torch.testing.assert_close(mg.project_few_rows(linear, x), expected, atol=1e-5, rtol=1e-5)
-    assert mg.project_few_rows(linear, x).is_contiguous()
-    view = mg.project_few_rows(linear, x, contiguous=False)
-    assert view.shape == (rows, 1, 300) and torch.equal(view, mg.project_few_rows(linear, x))
-    monkeypatch.undo()
-    calls = []
-    linear.register_forward_hook(lambda *args: calls.append(1))
-    mg.project_few_rows(linear, x)
-    assert calls == [1]  # a module with hooks is called, not bypassed
-
-
-def packs(model):
-    return [name for name, module in model.named_modules() if mg.PACKED in module.__dict__]
-
-
-@pytest.mark.parametrize("rows", [2, 8, 64])
-@pytest.mark.parametrize("bias", [False, True])
-@torch.no_grad()
-def test_packed_projection_is_linear_and_never_stale(rows, bias, monkeypatch):
-    torch.manual_seed(rows)
-    model = torch.nn.Sequential(torch.nn.Linear(48, 300, bias=bias))
-    linear, x = model[0], torch.randn(rows, 1, 48)
-    linear.weight = torch.nn.Parameter(torch.randn(300, 48))  # version 0, like the one that replaces it below
-    with mg.packed_for_decoding(model, rows):
-        assert packs(model) == ["0"]
-        for name in ("mm", "addmm"):  # the packed form must not go through MKL's gemm
-            monkeypatch.setattr(torch, name, lambda *a, **k: pytest.fail("the packed weight was not used"))
-        torch.testing.assert_close(mg.project_few_rows(linear, x), linear(x), atol=1e-5, rtol=1e-5)
-        monkeypatch.undo()
-        linear.weight.mul_(-2)  # changed in place: the reordered copy is stale and must not be used
-        torch.testing.assert_close(mg.project_few_rows(linear, x), linear(x), atol=1e-5, rtol=1e-5)
-        linear.weight = torch.nn.Parameter(torch.randn(300, 48))  # replaced: another tensor of the same version
-        torch.testing.assert_close(mg.project_few_rows(linear, x), linear(x), atol=1e-5, rtol=1e-5)
-        one_row = x[:1]  # a single row keeps the two-column gemm
-        torch.testing.assert_close(mg.project_few_rows(linear, one_row), linear(one_row), atol=1e-5, rtol=1e-5)
-    assert packs(model) == []
-
-
-def test_packing_is_shared_by_nested_blocks_and_always_dropped():
-    model = tiny_lm()
-    linears = sorted(name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
-    with mg.packed_for_decoding(model, 3):
-        assert sorted(packs(model)) == linears
-        head = model.lm_head.__dict__[mg.PACKED][0]
-        with mg.packed_for_decoding(model, 5):
-            assert model.lm_head.__dict__[mg.PACKED][0] is head
-        assert sorted(packs(model)) == linears  # the outer block still runs
-    assert packs(model) == []
-    with pytest.raises(KeyError):
-        with mg.packed_for_decoding(model, 3):
-            raise KeyError("fails inside")
-    assert packs(model) == []
-    with mg.packed_for_decoding(model, 1):
-        assert packs(model) == []  # one row: nothing to reorder
-
-
-@pytest.mark.parametrize("broken", ["raises", "wrong"])
-def test_no_packing_when_the_private_ops_fail_or_disagree(broken, monkeypatch):
-    model = tiny_lm()
-    prompt = ids_between(1, VOCAB, 3, 5)
-    if broken == "raises":
-        def reorder(*args, **kwargs):
-            raise RuntimeError("no oneDNN here")
-
-        monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", reorder)
-    else:
-        product = torch.ops.mkldnn._linear_pointwise
-        monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: product(*args) * 1.01)
-    with mg.packed_for_decoding(model, 3):
-        assert packs(model) == []
-    got = model.generate(prompt, max_new_tokens=6, do_sample=False)  # on the plain weights, like the reference
-    assert got.shape == (3, 11) and torch.equal(got, mixin_generate(model, prompt, max_new_tokens=6, do_sample=False))
-
-
-@torch.no_grad()
-def test_packed_forward_matches_plain_forward():
-    model = tiny_lm()
-    ids = ids_between(1, VOCAB, 4, 7)
-    plain = model(ids).logits
-    with mg.packed_for_decoding(model, 4):
-        torch.testing.assert_close(model(ids).logits, plain, atol=1e-5, rtol=1e-5)
-        step = model(ids[:, :1]).logits  # 4 rows: the packed kernels
-    torch.testing.assert_close(step, model(ids[:, :1]).logits, atol=1e-5, rtol=1e-5)
-
-
-def test_batched_generate_decodes_on_packed_weights_and_drops_them():
-    model = tiny_lm()
-    seen = []
-
-    class Watch(BaseStreamer):
-        def put(self, value):
-            seen.append(len(packs(model)))
-
-        def end(self):
-            pass
-
-    prompt = ids_between(1, VOCAB, 3, 5)
-    model.generate(prompt, max_new_tokens=4, do_sample=False, streamer=Watch())
-    assert seen and all(n == 4 * model.config.num_hidden_layers + 1 for n in seen)  # every nn.Linear
-    assert packs(model) == []
-    seen.clear()
-    model.generate(prompt[:1], max_new_tokens=4, do_sample=False, streamer=Watch())
-    assert seen == [0] * 5  # batch 1: the plain weights
-
-
-@pytest.mark.parametrize("chunk_rows", [1, 3, 1000])
-def test_causal_lm_loss_equals_shifted_cross_entropy(monkeypatch, chunk_rows):
-    monkeypatch.setattr(mg.ChunkedCrossEntropy, "CHUNK_BYTES", chunk_rows * 40 * 4)  # rows of 40 float32 logits
-    torch.manual_seed(0)
-    logits = torch.randn(3, 11, 40, requires_grad=True)
-    labels = torch.randint(0, 40, (3, 11))
-    labels[0, 4] = labels[2, :3] = -100
-    reference = F.cross_entropy(logits[:, :-1].reshape(-1, 40), labels[:, 1:].reshape(-1), ignore_index=-100)
-    loss = mg.causal_lm_loss(logits, labels)
-    torch.testing.assert_close(loss, reference, atol=1e-6, rtol=1e-6)
-    g_ref, = torch.autograd.grad(reference, logits)
-    g, = torch.autograd.grad(loss, logits)
-    torch.testing.assert_close(g, g_ref, atol=1e-7, rtol=1e-6)
-    # Trainer's num_items_in_batch: the sum divided by it
-    summed = F.cross_entropy(logits[:, :-1].reshape(-1, 40), labels[:, 1:].reshape(-1), reduction="sum") / 17
-    loss = mg.causal_lm_loss(logits, labels, num_items_in_batch=17)
-    torch.testing.assert_close(loss, summed)
-    torch.testing.assert_close(torch.autograd.grad(loss, logits)[0], torch.autograd.grad(summed, logits)[0])
-    # nothing to predict: NaN, as F.cross_entropy gives
-    assert torch.isnan(mg.causal_lm_loss(logits, torch.full((3, 11), -100)))
-
-
-def test_model_loss_with_labels_matches_plain_cross_entropy():
-    model = tiny_lm(scale=0.05).train()
-    ids = ids_between(0, VOCAB, 2, 12)
-    out = model(ids, labels=ids)
-    reference = F.cross_entropy(out.logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
-    torch.testing.assert_close(out.loss, reference, atol=1e-6, rtol=1e-6)
-    grads = torch.autograd.grad(out.loss, list(model.parameters()), retain_graph=True)
-    ref_grads = torch.autograd.grad(reference, list(model.parameters()))
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        cache.update(torch.zeros(2, 2, 2, 8), torch.zeros(2, 2, 2, 8), 0)
