@@ -42,11 +42,9 @@ import torch
 from .errors import UserError
 from .fast_bpe import FastBPE
 from .fsutil import atomic_dir, atomic_write_json
+from .losses import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
-"""Label value that the losses skip (PyTorch's ``cross_entropy`` default)."""
 
 TEXT_SUFFIXES = (".txt", ".md")
 RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
@@ -756,9 +754,9 @@ def _too_short(n_tokens: int, needed: int, what: str) -> UserError:
 class SlidingWindowDataset(torch.utils.data.Dataset):
     """The book's sliding window: window ``i`` starts at ``i * stride`` for starts in
     ``range(0, len(tokens) - max_length, stride)``; input ``tokens[s : s + max_length]``, labels
-    ``tokens[s + 1 : s + max_length + 1]`` -- already the next-token targets, not shifted again by the model.
+    ``tokens[s + 1 : s + max_length + 1]`` -- already the next-token targets (``pipelines.losses``' convention).
 
-    Items are ``(input_ids, labels)`` ``int64`` tensors.  With ``stride == max_length`` this is the "joined" layout:
+    Items are ``{"input_ids", "shift_labels"}`` dicts of ``int64`` tensors.  With ``stride == max_length`` this is the "joined" layout:
     the stream cut into consecutive non-overlapping windows.
     """
 
@@ -776,15 +774,15 @@ class SlidingWindowDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         s = self.starts[index]
-        chunk = np.asarray(self.tokens[s : s + self.max_length + 1], dtype=np.int64)
-        return torch.tensor(chunk[:-1]), torch.tensor(chunk[1:])
+        chunk = torch.from_numpy(np.asarray(self.tokens[s : s + self.max_length + 1], dtype=np.int64))
+        return {"input_ids": chunk[:-1], "shift_labels": chunk[1:]}
 
 
 class CroppedDocumentDataset(torch.utils.data.Dataset):
     """One example per document (the "cropped" layout): the document -- its tokens up to the next entry of
     ``doc_starts`` or the end, so including its EOS -- cropped to ``max_length + 1`` tokens.  Input is all but the
-    last of those, labels all but the first (next-token targets); both are right-padded to ``max_length``, the input
-    with ``pad_id`` and the labels with -100.  Documents of fewer than two tokens give no example.
+    last of those, ``shift_labels`` all but the first (next-token targets); both are right-padded to ``max_length``,
+    the input with ``pad_id`` and the targets with -100.  Documents of fewer than two tokens give no example.
     """
 
     def __init__(self, tokens, doc_starts, max_length: int, pad_id: int):
@@ -807,7 +805,7 @@ class CroppedDocumentDataset(torch.utils.data.Dataset):
         labels = np.full(self.max_length, IGNORE_INDEX, dtype=np.int64)
         input_ids[: len(doc) - 1] = doc[:-1]
         labels[: len(doc) - 1] = doc[1:]
-        return torch.from_numpy(input_ids), torch.from_numpy(labels)
+        return {"input_ids": torch.from_numpy(input_ids), "shift_labels": torch.from_numpy(labels)}
 
 
 LAYOUTS = ("joined", "sliding", "cropped")
@@ -1142,7 +1140,7 @@ def instruction_collate(
     ignore_index: int = IGNORE_INDEX,
     mask_prompt: bool = False,
     max_length: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """The book's chapter-7 collate.  Each item is ``{"input_ids": prompt + response ids, "prompt_len": int}``
     without an end-of-text token; ``pad_id`` is the end-of-text id.
 
@@ -1150,7 +1148,8 @@ def instruction_collate(
     (appended) sequence in the batch, inputs are ``seq[:-1]`` and targets ``seq[1:]``.  In the targets every padding
     position after the appended end-of-text becomes ``ignore_index`` (so the model learns to stop exactly once);
     with ``mask_prompt`` the targets that predict prompt tokens (the first ``prompt_len - 1``) do too.  Finally both
-    are cut to ``max_length``.  Returns ``(inputs, targets)``, targets already next-token aligned.
+    are cut to ``max_length``.  Returns ``{"input_ids": inputs, "shift_labels": targets}`` (``pipelines.losses``'
+    convention: targets already next-token aligned).
     """
     width = max(len(item["input_ids"]) for item in batch) + 1
     inputs = torch.full((len(batch), width - 1), pad_id, dtype=torch.long)
@@ -1165,4 +1164,4 @@ def instruction_collate(
             targets[row, : max(0, item["prompt_len"] - 1)] = ignore_index
     if max_length is not None:
         inputs, targets = inputs[:, :max_length], targets[:, :max_length]
-    return inputs, targets
+    return {"input_ids": inputs, "shift_labels": targets}

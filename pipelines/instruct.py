@@ -301,7 +301,7 @@ def finetune(cfg: InstructConfig) -> int:
 
     from .data import read_instructions
     from .generate import check_model_folder
-    from .pretrain import lm_loss
+    from .losses import lm_loss
     from .prompts import ALPACA_CHAT_TEMPLATE, format_alpaca
     from .runfolder import prepare_out_dir, save_run_config, write_model_folder
     from .train_loop import make_accelerator

@@ -16,6 +16,7 @@ import torch
 
 from . import config as config_schema
 from .errors import UserError
+from .losses import lm_loss
 from .train_loop import TrainConfig, Trainer, latest_checkpoint, plot_history
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny-cpu.yaml"
@@ -119,21 +120,6 @@ def get_tokenizer(cfg: PretrainConfig, out: Path, accelerator):
     return load_tokenizer(str(saved))
 
 
-def lm_loss(model, batch):
-    """Mean next-token cross-entropy; labels are already the next tokens (-100 where ignored)."""
-    input_ids, labels = batch
-    logits = model(input_ids=input_ids, use_cache=False).logits
-    loss = torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
-    )
-    return loss, int((labels != -100).sum())
-
-
-def stack_collate(items):
-    inputs, labels = zip(*items)
-    return torch.stack(inputs), torch.stack(labels)
-
-
 def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, seed: int) -> str:
     """A sampled continuation (temperature 0.8, top-k 50) from its own seeded generator, so the global RNG -- and
     with it a resumed run -- is untouched."""
@@ -232,7 +218,7 @@ def pretrain(cfg: PretrainConfig) -> int:
         out,
         datasets["train"],
         datasets["val"],
-        collate_fn=stack_collate,
+        collate_fn=torch.utils.data.default_collate,
         loss_fn=lm_loss,
         tokens_per_example=context,
         on_eval=on_eval,

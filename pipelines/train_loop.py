@@ -12,8 +12,10 @@ What it does, in order, for each optimizer step:
 7. every ``checkpoint_every`` steps: ``accelerator.save_state`` into a temporary folder renamed into place, keeping
    the newest ``keep_checkpoints``.
 
-The loop knows nothing about a workflow's data format: a workflow hands it datasets, a collate function and a
-``loss_fn(model, batch) -> (mean loss, number of tokens or examples)``.
+The loop knows nothing about a workflow's data format: a workflow hands it datasets, a collate function that makes
+dict batches, and a ``loss_fn(model, batch) -> (mean loss, count)`` (``pipelines.losses``): the count (tokens scored,
+or examples) weighs each batch's mean in evaluation.  Throughput counts the real tokens of a batch: its
+``attention_mask``'s ones where it has one, else the loss's count (the tokens scored).
 """
 
 from __future__ import annotations
@@ -369,10 +371,8 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.cfg.seed),
         )
 
-    def _to_device(self, batch):
-        if isinstance(batch, dict):
-            return {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}
-        return [t.to(self.accelerator.device, non_blocking=True) for t in batch]
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}
 
     # ---- evaluation -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -493,11 +493,10 @@ class Trainer:
                 sync = micro == self.accum - 1
                 ctx = contextlib.nullcontext() if sync else acc.no_sync(model)
                 with ctx, acc.autocast():
-                    loss, _ = self.loss_fn(model, batch)
+                    loss, count = self.loss_fn(model, batch)
                     acc.backward(loss / self.accum)
                 step_loss += loss.detach() / self.accum
-                first = batch["input_ids"] if isinstance(batch, dict) else batch[0]
-                step_tokens += first.numel()
+                step_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else count
             if acc.num_processes > 1:
                 step_loss = acc.reduce(step_loss, reduction="mean")
             loss_value = step_loss.item()

@@ -280,7 +280,8 @@ def test_token_cache_key_depends_on_tokenizer_and_source(tmp_path, tiny_tokenize
 
 
 def pairs(ds):
-    return [(x.tolist(), y.tolist()) for x, y in (ds[i] for i in range(len(ds)))]
+    """``(input ids, next-token targets)`` of every item (``{"input_ids", "shift_labels"}`` dicts)."""
+    return [(item["input_ids"].tolist(), item["shift_labels"].tolist()) for item in (ds[i] for i in range(len(ds)))]
 
 
 def test_sliding_window_gives_the_books_pairs():
@@ -296,8 +297,9 @@ def test_sliding_window_gives_the_books_pairs():
     ds1 = data.SlidingWindowDataset(tokens, max_length=4, stride=1)
     assert len(ds1) == 17
     assert pairs(ds1)[0] == ([0, 1, 2, 3], [1, 2, 3, 4]) and pairs(ds1)[-1] == ([16, 17, 18, 19], [17, 18, 19, 20])
-    x, y = ds1[3]
-    assert x.dtype == torch.int64 and y.dtype == torch.int64
+    item = ds1[3]
+    assert set(item) == {"input_ids", "shift_labels"}
+    assert item["input_ids"].dtype == torch.int64 and item["shift_labels"].dtype == torch.int64
     joined = data.pretraining_dataset("joined", np.arange(21, dtype=np.uint16), 4)
     assert pairs(joined) == pairs(ds)
     with pytest.raises(UserError, match="corpus shorter than one context.*has 4 tokens but needs at least 5"):
@@ -333,7 +335,7 @@ def test_split_tokens_is_disjoint_covering_and_fixed_by_seed():
     for k in a:  # each split is whole blocks in stream order
         assert np.array_equal(got[k], np.concatenate([tokens[s:e] for s, e in a[k].ranges]))
         assert all(e - s >= 100 for s, e in a[k].ranges)
-    assert data.SlidingWindowDataset(a["val"], 99, 99)[0][0].tolist() == got["val"][:99].tolist()
+    assert data.SlidingWindowDataset(a["val"], 99, 99)[0]["input_ids"].tolist() == got["val"][:99].tolist()
     # a ConcatTokens input (several shards) splits the same way
     sharded = data.ConcatTokens([tokens[:3333], tokens[3333:]])
     from_shards = data.split_tokens(sharded, (0.8, 0.1, 0.1), seed=7, context_length=99)
@@ -531,11 +533,13 @@ def test_instruction_collate_matches_the_book():
         {"input_ids": [5, 6], "prompt_len": 1},
         {"input_ids": [7, 8, 9], "prompt_len": 3},
     ]
-    inputs, targets = data.instruction_collate(batch, pad_id=E)
+    out = data.instruction_collate(batch, pad_id=E)
+    inputs, targets = out["input_ids"], out["shift_labels"]
     assert inputs.tolist() == [[0, 1, 2, 3, 4], [5, 6, E, E, E], [7, 8, 9, E, E]]
     assert targets.tolist() == [[1, 2, 3, 4, E], [6, E, -100, -100, -100], [8, 9, E, -100, -100]]
 
-    inputs, targets = data.instruction_collate(batch, pad_id=E, mask_prompt=True, max_length=4)
+    out = data.instruction_collate(batch, pad_id=E, mask_prompt=True, max_length=4)
+    inputs, targets = out["input_ids"], out["shift_labels"]
     assert inputs.tolist() == [[0, 1, 2, 3], [5, 6, E, E], [7, 8, 9, E]]
     assert targets.tolist() == [[-100, 2, 3, 4], [6, E, -100, -100], [-100, -100, E, -100]]
 

@@ -179,8 +179,8 @@ def test_mask_prompt_ignores_the_prompt_targets(base_model, records):
         cfg = InstructConfig(mask_prompt=mask)
         datasets, collate, _ = prepare_data(cfg, tokenizer, splits, max_length=128, log=lambda *_: None)
         items = datasets["train"]
-        inputs, targets = collate(items)
-        outputs[mask] = (items, inputs, targets)
+        batch = collate(items)
+        outputs[mask] = (items, batch["input_ids"], batch["shift_labels"])
     items, inputs, plain = outputs[False]
     _, inputs_masked, masked = outputs[True]
     assert torch.equal(inputs, inputs_masked)
@@ -207,7 +207,8 @@ def test_max_length_cuts_sequences(base_model, records):
     datasets, collate, stats = prepare_data(
         cfg, tokenizer, {"train": records[10:20], "val": [], "test": []}, max_length=20, log=lambda *_: None
     )
-    inputs, targets = collate(datasets["train"])
+    batch = collate(datasets["train"])
+    inputs, targets = batch["input_ids"], batch["shift_labels"]
     assert inputs.shape == targets.shape and inputs.shape[1] == 20
     assert stats["truncated"] == 10
     # a cut sequence ends on its real next token, not on an end-of-text it never reached
