@@ -105,7 +105,11 @@ class GPTScratchConfig(PretrainedConfig):
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
-        super().__init__(**kwargs)
+        # transformers 4.x's base __init__ resets these four to its own defaults (tied, no special tokens) unless given
+        super().__init__(
+            tie_word_embeddings=tie_word_embeddings, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id, **kwargs,
+        )
 
     @property
     def head_dim(self) -> int:

@@ -4,15 +4,14 @@ Read top to bottom, in the order the model is learned:
 
 1. ``MultiHeadAttention`` -- causal self-attention over several heads (Vaswani et al., 2017, "Attention Is All You
    Need", section 3.2), through transformers' attention interface, with a key/value cache for decoding.
-2. ``FeedForward``       -- the position-wise MLP: Linear -> GELU (tanh approximation, Hendrycks & Gimpel, 2016) -> Linear.
+2. ``FeedForward``       -- the position-wise MLP: Linear -> GELU (tanh form, Hendrycks & Gimpel, 2016) -> Linear.
 3. ``TransformerBlock``  -- pre-LayerNorm residual block, as in GPT-2 (Radford et al., 2019, section 2.3).
 4. ``GPTScratchModel``   -- token + learned position embeddings, the blocks, a final LayerNorm.
 5. ``GPTScratchForCausalLM`` and ``GPTScratchForSequenceClassification`` -- the two heads.
 
-This file is uploaded to the Hub as the model's remote code, so it runs on the downloader's transformers (4.57 to the
-latest 5.x): it imports only torch, transformers and its sibling ``configuration_gpt_scratch``, and keeps to the
-contracts every built-in model follows -- the attention interface, transformers' mask builder and cache classes,
-``GenerationMixin`` unchanged, positions from ``position_ids``.  Speed work lives in gpt-scratch's ``pipelines/``.
+This file is the model's remote code on the Hub: it runs on the downloader's transformers (4.57 to the latest 5.x),
+imports only torch, transformers and ``configuration_gpt_scratch``, and keeps the contracts of built-in models
+(attention interface, mask builder, cache classes, ``GenerationMixin``, ``position_ids``).  Speed lives in pipelines/.
 """
 
 import inspect
@@ -25,11 +24,8 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPast,
-    CausalLMOutputWithPast,
-    SequenceClassifierOutputWithPast,
-)
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
@@ -51,8 +47,11 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     """softmax(Q K^T * scaling + mask) V, written out (the book's chapter 3); also returns the attention weights.
 
     ``attention_mask`` is boolean (True = may attend) or additive (0 or a large negative number), broadcast to
-    (batch, heads, queries, keys)."""
+    (batch, heads, queries, keys); ``None`` for several queries means causal, as SDPA's shortcut."""
     scores = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    if attention_mask is None and query.shape[-2] > 1:  # the last query sees every key
+        attention_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device)
+        attention_mask = attention_mask.tril(key.shape[-2] - query.shape[-2])
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
@@ -96,7 +95,10 @@ class MultiHeadAttention(nn.Module):
         if self.config._attn_implementation != "eager":
             if output_attentions:  # only the eager product has weights to return
                 logger.warning_once("output_attentions=True needs eager attention: computing it eagerly")
-            else:
+            elif hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # 5.x (set_attn_implementation looks for it)
+                implementation = self.config._attn_implementation
+                attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+            else:  # 4.x
                 attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
         context, weights = attention_interface(
             self,
@@ -202,7 +204,8 @@ def build_causal_mask(config, inputs_embeds, attention_mask, cache, position_ids
     arguments["inputs_embeds" if "inputs_embeds" in _MASK_ARGUMENTS else "input_embeds"] = inputs_embeds
     arguments["cache" if "cache" in _MASK_ARGUMENTS else "past_key_values"] = cache
     if "cache_position" in _MASK_ARGUMENTS:  # transformers 4.x and 5.0-5.11
-        arguments["cache_position"] = torch.arange(past_len, past_len + inputs_embeds.shape[1], device=inputs_embeds.device)
+        seq_len = inputs_embeds.shape[1]
+        arguments["cache_position"] = torch.arange(past_len, past_len + seq_len, device=inputs_embeds.device)
     return create_causal_mask(**arguments)
 
 
@@ -232,22 +235,13 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         self.tok_emb = value
 
     def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        past_key_values=None,
-        inputs_embeds=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        cache=None,
-        **kwargs,
+        self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
+        use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, cache=None, **kwargs,
     ):
         past_key_values = pick_cache(past_key_values, cache)
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         return_dict = self.config.return_dict if return_dict is None else return_dict
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if (input_ids is None) == (inputs_embeds is None):
@@ -330,20 +324,9 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         self.lm_head = new_embeddings
 
     def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        past_key_values=None,
-        inputs_embeds=None,
-        labels=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        logits_to_keep=0,
-        cache=None,
-        **kwargs,
+        self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
+        labels=None, use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+        logits_to_keep=0, cache=None, **kwargs,
     ):
         """``labels`` are the input ids themselves (-100 where ignored): position ``t`` is scored against
         ``labels[t + 1]``.  ``shift_labels`` (already shifted, as in context-parallel training) may be given instead.
@@ -414,19 +397,9 @@ class GPTScratchForSequenceClassification(GPTScratchPreTrainedModel):
         self.transformer.tok_emb = value
 
     def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        past_key_values=None,
-        inputs_embeds=None,
-        labels=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        cache=None,
-        **kwargs,
+        self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
+        labels=None, use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+        cache=None, **kwargs,
     ):
         out = self.transformer(
             input_ids=input_ids,
@@ -468,11 +441,6 @@ GPTScratchForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 GPTScratchForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 __all__ = [
-    "MultiHeadAttention",
-    "FeedForward",
-    "TransformerBlock",
-    "GPTScratchPreTrainedModel",
-    "GPTScratchModel",
-    "GPTScratchForCausalLM",
-    "GPTScratchForSequenceClassification",
+    "MultiHeadAttention", "FeedForward", "TransformerBlock", "GPTScratchPreTrainedModel", "GPTScratchModel",
+    "GPTScratchForCausalLM", "GPTScratchForSequenceClassification",
 ]
