@@ -1,7 +1,10 @@
 """Training-step throughput: ours vs ``transformers.GPT2LMHeadModel``, same config, same weights, same batch.
 
-One step = forward with ``labels`` (both models shift them and take the mean cross-entropy), backward, ``AdamW.step``
-and ``zero_grad``.  Reported: tokens per second (batch x sequence length / median step time) and ours / peer.
+One step = forward, the mean next-token cross-entropy, backward, ``AdamW.step`` and ``zero_grad``: the peer with
+``labels`` (transformers' loss), ours as ``gpt-scratch pretrain`` computes it (``pipelines.losses.lm_loss`` on a
+batch of the pipelines' convention; ``--ours-loss model`` takes the model's own, transformers', loss instead).
+Reported: tokens per second (batch x sequence length / median step time) and ours / peer.  (The user-level figure,
+the whole ``gpt-scratch pretrain`` command against ``transformers.Trainer``, is ``bench_pretrain.py``.)
 
     python benchmarks/bench_train.py                       # 6-layer 384-wide GPT, batch 8 x 256 tokens
     python benchmarks/bench_train.py --size gpt2-small --batch 4 --seq 128 --repeats 3
@@ -19,13 +22,13 @@ import argparse
 
 import common  # noqa: F401  (sets the environment and sys.path)
 import torch
-import torch.nn.functional as F
 from common import SIZES, interleaved, median, model_pair, print_header, report, spread
 
+from pipelines.losses import lm_loss
 from pipelines.train_loop import device_peak_flops, flops_per_token
 
 
-def make_step(model, ids, lr=1e-4, fused=False, autocast_dtype=None, compiled=False):
+def make_step(model, ids, lr=1e-4, fused=False, autocast_dtype=None, compiled=False, pipeline_loss=False):
     """One training step as a no-argument callable (synchronised on CUDA, so wall-clock timing is honest)."""
     model.train()
     # torch's default AdamW on CPU is the multi-tensor (foreach) one, what pipelines/train_loop.py uses there
@@ -35,7 +38,10 @@ def make_step(model, ids, lr=1e-4, fused=False, autocast_dtype=None, compiled=Fa
 
     def step():
         with torch.autocast(device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = forward(input_ids=ids, labels=ids).loss
+            if pipeline_loss:  # the workflows' batch: inputs and next-token targets, one shorter than ``ids``
+                loss, _ = lm_loss(forward, {"input_ids": ids[:, :-1], "shift_labels": ids[:, 1:]})
+            else:
+                loss = forward(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -44,22 +50,6 @@ def make_step(model, ids, lr=1e-4, fused=False, autocast_dtype=None, compiled=Fa
         return loss
 
     return step
-
-
-def _loss_before(logits, labels, num_items_in_batch=None, ignore_index=-100):
-    """causal_lm_loss before the speed work: the logits sliced (a copy), then F.cross_entropy."""
-    logits = logits[:, :-1, :].float()
-    targets = labels[:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=ignore_index)
-
-
-def _loss_flat(logits, labels, num_items_in_batch=None, ignore_index=-100):
-    """Labels shifted instead of logits (no copy), then F.cross_entropy."""
-    targets = F.pad(labels[:, 1:], (0, 1), value=ignore_index)
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=ignore_index)
-
-
-LOSSES = {"before": _loss_before, "flat": _loss_flat}
 
 
 def first_losses(ours, peer, ids):
@@ -79,15 +69,10 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument(
-        "--ours-loss", default="current", choices=["current", "flat", "before"],
-        help="for before/after figures: the model's loss (default); F.cross_entropy on the flattened logits; or the "
-        "loss before the speed work (sliced logits, F.cross_entropy)",
+        "--ours-loss", default="pipeline", choices=["pipeline", "model"],
+        help="the workflows' loss (pipelines.losses.lm_loss, default) or the model's own (transformers') loss",
     )
     args = p.parse_args(argv)
-    if args.ours_loss != "current":
-        import modeling_gpt_scratch.modeling_gpt_scratch as mg
-
-        mg.causal_lm_loss = LOSSES[args.ours_loss]
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -107,7 +92,8 @@ def main(argv=None):
     if abs(a - b) > (2e-3 if cuda else 1e-4) * max(1.0, abs(b)):  # TF32 products on CUDA
         raise SystemExit("the two models disagree on the loss: the comparison would be meaningless")
     steps = {
-        name: make_step(model, ids, fused=fused, autocast_dtype=autocast_dtype, compiled=args.compile)
+        name: make_step(model, ids, fused=fused, autocast_dtype=autocast_dtype, compiled=args.compile,
+                        pipeline_loss=name == "ours" and args.ours_loss == "pipeline")
         for name, model in (("peer", peer), ("ours", ours))
     }
     times = interleaved(steps, repeats=args.repeats, warmup=3 if args.compile else 1)
@@ -121,7 +107,7 @@ def main(argv=None):
     report(
         f"train {args.size} b{args.batch}x{args.seq}" + (" fused AdamW" if args.fused_adamw and not cuda else "")
         + (f" {device.type} bf16" if cuda else "") + (" compiled" if args.compile else "")
-        + (f" (ours: loss {args.ours_loss})" if args.ours_loss != "current" else ""),
+        + (f" (ours: loss {args.ours_loss})" if args.ours_loss != "pipeline" else ""),
         f"GPT2LMHeadModel/{args.peer_activation}",
         peer_tps,
         ours_tps,
