@@ -43,10 +43,11 @@ def sample_next_token(logits, temperature: float = 0.0, top_k: int = 0, top_p: f
 
     The distribution is ``GenerationMixin``'s: logits divided by ``temperature``, then only the ``top_k`` largest
     kept (0: all), then the smallest set of the likeliest tokens whose probability reaches ``top_p``.  With top-k the
-    nucleus is found among the k candidates alone, so no step sorts the whole vocabulary.
+    nucleus is found among the k candidates alone, so no step sorts the whole vocabulary.  A temperature below 1e-5
+    or ``top_p <= 0`` leaves one candidate: the argmax (rather than overflowing logits or an empty nucleus).
     """
     logits = logits.float()
-    if not temperature or temperature <= 0 or top_k == 1:
+    if not temperature or temperature < 1e-5 or top_k == 1 or top_p <= 0:  # no spread left: the likeliest token
         return logits.argmax(-1)
     logits = logits / temperature
     vocab = logits.shape[-1]
@@ -276,7 +277,8 @@ class Request:
     ``prompt_ids`` must fit the context with room for one new token; ``max_new_tokens`` is cut to the room left.
     ``temperature`` 0 decodes greedily.  ``stop`` strings end the text before them; ``trim`` strips whitespace
     around it (chat).  Results: ``tokens`` (new token ids, end-of-text excluded), ``text``, ``finish_reason``
-    ("stop": end-of-text or a stop string; "length": ``max_new_tokens`` reached).
+    ("stop": end-of-text or a stop string; "length": ``max_new_tokens`` reached; "cancelled": ``cancelled`` was set
+    while it ran -- a server's client went away -- and its row left the batch at the next step).
     """
 
     prompt_ids: list[int]
@@ -292,6 +294,7 @@ class Request:
     text: str = ""
     finish_reason: str | None = None
     truncated: int = 0  # prompt tokens dropped from the left to fit the context (see Engine.request)
+    cancelled: bool = False
 
     def _start_text(self, tokenizer) -> None:
         self._stages = [IncrementalDecoder(tokenizer), StopStringFilter(self.stop)]
@@ -410,7 +413,9 @@ class Engine:
             keep = []
             for row, index in enumerate(running):
                 request, token = requests[index], int(tokens[row])
-                if eos is not None and token in self.eos_ids:
+                if request.cancelled:
+                    request.finish_reason = "cancelled"
+                elif eos is not None and token in self.eos_ids:
                     request.finish_reason = "stop"
                 else:
                     request.tokens.append(token)

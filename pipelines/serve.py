@@ -1,156 +1,211 @@
-"""``gpt-scratch serve``: an OpenAI-compatible HTTP API over one model folder, on the standard library's HTTP server.
+"""``gpt-scratch serve``: an OpenAI-compatible HTTP API over one model folder, on FastAPI under uvicorn, decoding
+the requests that arrive together in one batch through the engine (:mod:`pipelines.engine`).
 
-Endpoints (the subset of the OpenAI API that chat front-ends, evaluation harnesses and ``gpt-scratch judge`` use):
+Endpoints: ``GET /v1/models`` (the one model; its id is the folder name), ``GET /health`` (no key needed; the
+batcher's counters), ``POST /v1/completions`` (continue ``prompt``: a string or token ids) and ``POST
+/v1/chat/completions`` (an instruct model's ``chat_template`` renders the messages; a base model gets the transcript
+frame of ``pipelines.prompts.render_transcript`` and stops where it starts the next user turn).  Both POST endpoints
+honour ``max_tokens`` (or ``max_completion_tokens``), ``temperature`` (0 = greedy; default 1), ``top_p``, ``top_k``
+(an extension), ``stop``, ``seed`` and ``stream``: server-sent events in OpenAI's chunk shapes, ``data: [DONE]`` last,
+a usage chunk with ``stream_options.include_usage``.  Unsupported options (``n`` > 1, ``logprobs``, ``echo``, tools)
+are refused, not ignored.
 
-* ``GET  /v1/models``            -- the one model served (its id is the folder name); ``GET /health`` -> ok
-* ``POST /v1/completions``       -- raw text continuation of ``prompt`` (a string, or token ids)
-* ``POST /v1/chat/completions``  -- chat: an instruct model's tokenizer ``chat_template`` (the Alpaca template) renders
-  the messages; a base model gets the transcript frame (``pipelines.prompts.render_transcript``) and stops when it
-  starts the next user turn
+**Batching.**  One worker thread owns the engine.  Requests wait in a bounded queue (``--max-queue``; full: 429 at
+once); the worker takes up to ``--max-batch-size`` of them -- all that arrived within ``--batch-wait-ms`` of the
+oldest -- and decodes them together (``Engine.run``; rows leave the batch as they finish); requests arriving meanwhile
+form the next batch.  Text pieces travel from the worker to the event loop through one buffer the loop drains
+(``loop.call_soon_threadsafe``), so each stream goes out as it is decoded.  A request still queued after
+``--request-timeout`` seconds gets 503; a client that hangs up while queued loses its place, one that hangs up
+mid-stream has its text dropped (its row ends with its batch).
 
-Both POST endpoints honour ``max_tokens`` (or ``max_completion_tokens``), ``temperature`` (0 = greedy; default 1),
-``top_p``, ``top_k`` (an extension), ``stop`` (a string or a list), ``seed``, and ``stream``: with ``"stream": true``
-the answer is server-sent events, ``data: {chunk}`` per piece of text and a final ``data: [DONE]``, in OpenAI's
-chunk shapes (``choices[0].delta`` for chat, ``choices[0].text`` for completions); ``stream_options.include_usage``
-adds a last chunk with the usage.  Every answer reports ``usage`` (prompt, completion, total tokens).  Unsupported
-options (``n`` > 1, ``logprobs``, ``echo``, tools) are refused with 400 rather than silently ignored.
-
-One model, one lock: requests are answered concurrently (a thread each) but generate one at a time.  Errors are JSON
-``{"error": {"message", "type", "param", "code"}}`` with 400 (bad request), 401 (``--api-key`` set and the request
-lacks ``Authorization: Bearer KEY``), 404, 405, 413.  The server listens on 127.0.0.1 unless ``--host`` says otherwise.
+**Errors** are JSON ``{"error": {"message", "type", "param", "code"}}``: 400 for anything invalid (pydantic's JSON
+parser refuses NaN, Infinity and lone surrogates; pydantic models in strict mode refuse ``"4"`` for 4 and out-of-range
+values), 401 (``--api-key`` set, no ``Authorization: Bearer KEY``), 404, 405, 413 (over 8 MiB), 429, 503.  The server
+listens on 127.0.0.1 unless ``--host`` says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import collections
+import contextlib
 import errno
 import hmac
 import json
+import logging
 import socket
 import sys
 import threading
 import time
+import traceback
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, Literal
+
+import pydantic_core
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import UserError
 from .prompts import ALPACA_STOP_STRINGS, STOP_STRINGS, message_text, render_transcript
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 256  # characters; the stop filter's work per token grows with the longest
+MAX_INT = 2**31 - 1
+MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy decoding (and dividing the logits by it would overflow)
 ROLES = ("system", "developer", "user", "assistant")
+UNSUPPORTED = {  # option -> the values that mean "off"
+    "n": (1,), "best_of": (1,), "logprobs": (False, 0), "top_logprobs": (0,), "echo": (False,),
+    "tools": ([],), "functions": ([],), "suffix": ("",),
+}
 
 
 class APIError(Exception):
     """A request the server refuses; becomes an OpenAI-style JSON error."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+                 code: str | None = None, headers: dict | None = None):
         super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.kind = kind
+        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
+        self.headers = headers
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# request parameters
+# request bodies: pydantic models, strict
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _number(body, name, default, low, high, integer=False):
-    value = body.get(name)
-    if value is None:
-        return default
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        kind = "an integer" if integer else "a number"
-        raise APIError(400, f"'{name}' must be {kind}, not {json.dumps(value)}", name)
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-        raise APIError(400, f"'{name}' must be {bounds}, not {value}", name)
-    return value
+class _Body(BaseModel):
+    # unknown fields (user, presence_penalty, ...) are accepted and ignored, as OpenAI-compatible servers do
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
 
 
-def sampling_options(body: dict, default_max_tokens: int) -> dict:
-    """The generation options of a completions or chat request, checked; raises ``APIError`` (400)."""
-    if body.get("n") not in (None, 1):
-        raise APIError(400, "only n=1 is supported", "n")
-    if body.get("best_of") not in (None, 1):
-        raise APIError(400, "only best_of=1 is supported", "best_of")
-    if body.get("logprobs") not in (None, False) or body.get("top_logprobs") not in (None, 0):
-        raise APIError(400, "logprobs are not supported", "logprobs")
-    if body.get("echo") not in (None, False):
-        raise APIError(400, "echo is not supported", "echo")
-    if body.get("tools") or body.get("functions"):
-        raise APIError(400, "tools and functions are not supported", "tools")
-    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _number(body, name, default_max_tokens, 1, None, integer=True)
-    stop = body.get("stop")
-    if stop is None:
-        stop = []
-    elif isinstance(stop, str):
-        stop = [stop]
-    elif not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise APIError(400, "'stop' must be a string or a list of strings", "stop")
-    if len(stop) > MAX_STOP_STRINGS:
-        raise APIError(400, f"'stop' takes at most {MAX_STOP_STRINGS} strings", "stop")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise APIError(400, "'stream' must be true or false", "stream")
-    stream_options = body.get("stream_options") or {}
-    if not isinstance(stream_options, dict):
-        raise APIError(400, "'stream_options' must be an object", "stream_options")
-    return {
-        "max_new_tokens": max_tokens,
-        "temperature": float(_number(body, "temperature", 1.0, 0, 2)),
-        "top_p": float(_number(body, "top_p", 1.0, 0, 1)),
-        "top_k": _number(body, "top_k", None, 0, None, integer=True) or None,
-        "seed": _number(body, "seed", None, None, None, integer=True),
-        "stop": [s for s in stop if s],
-        "stream": stream,
-        "include_usage": bool(stream_options.get("include_usage")),
-    }
+class StreamOptions(_Body):
+    include_usage: bool | None = None
 
 
-def chat_messages(body: dict) -> list[dict]:
-    """The request's messages as ``{"role", "content"[, "input"]}`` with text content; raises ``APIError``."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise APIError(400, "'messages' must be a non-empty list of {role, content} objects", "messages")
-    clean = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise APIError(400, f"messages[{index}] must be an object with role and content", "messages")
-        role = message.get("role")
-        if role not in ROLES:
-            raise APIError(400, f"messages[{index}].role must be one of {', '.join(ROLES)}, not {role!r}", "messages")
-        try:
-            content = message_text(message.get("content"))
-        except ValueError as err:
-            raise APIError(400, f"messages[{index}].content: {err}", "messages") from err
-        item = {"role": "system" if role == "developer" else role, "content": content}
-        if isinstance(message.get("input"), str):  # the Alpaca template's optional input (see pipelines.prompts)
-            item["input"] = message["input"]
-        clean.append(item)
-    if not any(m["role"] == "user" for m in clean):
-        raise APIError(400, "'messages' needs at least one user message", "messages")
-    return clean
+class Sampling(_Body):
+    """The options both POST endpoints share."""
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1, le=MAX_INT)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_INT)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=MAX_INT)
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # torch.Generator.manual_seed's range
+    stop: Any = Field(None, validate_default=True)  # -> a list of strings
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value):
+        stops = [] if value is None else [value] if isinstance(value, str) else value
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise ValueError("must be a string or a list of strings")
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"takes at most {MAX_STOP_STRINGS} strings")
+        if any(len(s) > MAX_STOP_LENGTH for s in stops):
+            raise ValueError(f"stop strings are at most {MAX_STOP_LENGTH} characters")
+        return [s for s in stops if s]
 
 
-def completion_prompt(body: dict):
-    """The prompt of a completions request: a string, ``[string]``, token ids, or ``[token ids]``."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        return prompt
-    raise APIError(400, "'prompt' must be a string (or one string in a list, or a list of token ids)", "prompt")
+class CompletionRequest(Sampling):
+    prompt: Any
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value):
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
+            value = value[0]
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(type(t) is int for t in value):
+            return value
+        raise ValueError("must be a string (or one string in a list, or a list of token ids)")
+
+
+class Message(_Body):
+    role: Literal[ROLES]
+    content: Any = None
+    input: str | None = None  # the Alpaca template's optional input (see pipelines.prompts)
+
+    @field_validator("content")
+    @classmethod
+    def _text(cls, value):
+        return message_text(value)  # a ValueError for non-text content parts
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+
+    @field_validator("messages")
+    @classmethod
+    def _needs_user(cls, messages):
+        if not any(m.role == "user" for m in messages):
+            raise ValueError("needs at least one user message")
+        return messages
+
+
+def _shown(value, limit: int = 80) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _refuse_unsupported(data) -> None:
+    for name, allowed in UNSUPPORTED.items():
+        value = data.get(name) if isinstance(data, dict) else None
+        if value is not None and not any(type(value) is type(a) and value == a for a in allowed):
+            raise APIError(400, f"'{name}': only {name}={json.dumps(allowed[0])} is supported by this server, not "
+                           f"{_shown(value)}", name)
+
+
+def _validation_error(err: ValidationError) -> APIError:
+    first = err.errors(include_url=False)[0]
+    loc = first.get("loc") or ()
+    if not loc:
+        return APIError(400, "the request body must be a JSON object")
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    if first.get("type") not in ("missing", "value_error", "too_short", "too_long"):  # those say it already
+        message += f", not {_shown(first.get('input'))}"
+    return APIError(400, f"'{where}': {message}", str(loc[0]))
+
+
+async def parse_body(request: Request, model: type[BaseModel]):
+    """The request's JSON body as ``model``: 413 past ``MAX_BODY_BYTES``, 400 for bad JSON or bad values."""
+    too_big = APIError(413, f"the request body is over {MAX_BODY_BYTES // (1024 * 1024)} MiB")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise too_big
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise too_big
+    try:  # pydantic's parser: strict JSON (no NaN/Infinity, no lone surrogates, no invalid UTF-8)
+        data = pydantic_core.from_json(bytes(raw), allow_inf_nan=False)
+    except ValueError as err:
+        hint = " (a lone UTF-16 surrogate is not text)" if "surrogate" in str(err) or "hex escape" in str(err) else (
+            " (NaN and Infinity are not JSON numbers)" if b"NaN" in raw or b"Infinity" in raw else "")
+        raise APIError(400, f"the request body is not valid JSON: {err}{hint}") from None
+    _refuse_unsupported(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise _validation_error(err) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,285 +213,438 @@ def completion_prompt(body: dict):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class ModelWorker:
-    """One loaded model and tokenizer, the lock that serialises generation, and the prompt framing."""
+class Service:
+    """One loaded model, its engine, and the prompt framing."""
 
-    def __init__(self, model_dir, max_new_tokens: int = 256):
-        from .generation_utils import context_length, is_instruct, load_model
+    def __init__(self, model, tokenizer, name: str, max_new_tokens: int = 256):
+        from .engine import Engine
+        from .generate import is_instruct
 
-        self.model, self.tokenizer = load_model(model_dir)
-        self.name = Path(str(model_dir)).expanduser().resolve().name
-        self.instruct = is_instruct(self.tokenizer)
+        self.engine, self.tokenizer, self.name = Engine(model, tokenizer), tokenizer, name
         self.max_new_tokens = max_new_tokens
-        self.context = context_length(self.model)
-        self.lock = threading.Lock()
+        self.instruct, self.context = is_instruct(tokenizer), self.engine.context
+        self.vocab = min(len(tokenizer), int(getattr(model.config, "vocab_size", None) or len(tokenizer)))
         self.created = int(time.time())
 
-    def chat_prompt(self, messages: list[dict]):
+    @classmethod
+    def load(cls, model_dir, max_new_tokens: int = 256) -> Service:
+        from .generate import load_model, quiet_hf
+
+        with quiet_hf():
+            model, tokenizer = load_model(model_dir)
+        return cls(model, tokenizer, Path(str(model_dir)).expanduser().resolve().name, max_new_tokens)
+
+    def chat_prompt(self, messages: list[Message]):
         """``(prompt text, stop strings)`` for a conversation."""
+        clean = [{"role": "system" if m.role == "developer" else m.role, "content": m.content,
+                  **({} if m.input is None else {"input": m.input})} for m in messages]
         if self.instruct:
             try:
-                prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                prompt = self.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
             except Exception as err:  # the template's own raise_exception, or a Jinja error
                 raise APIError(400, f"the model's chat template cannot render these messages: {err}", "messages")
             return prompt, list(ALPACA_STOP_STRINGS)
-        return render_transcript(messages), list(STOP_STRINGS)
+        return render_transcript(clean), list(STOP_STRINGS)
 
-    def generation(self, prompt, options: dict, extra_stop=(), trim=False):
-        from .generation_utils import StreamingGeneration
-
-        return StreamingGeneration(
-            self.model,
-            self.tokenizer,
-            prompt,
-            max_new_tokens=options["max_new_tokens"],
-            temperature=options["temperature"],
-            top_p=options["top_p"],
-            top_k=options["top_k"],
-            seed=options["seed"],
-            stop=list(extra_stop) + options["stop"],
-            trim=trim,
+    def make_request(self, prompt, body: Sampling, frame_stops=(), trim: bool = False):
+        """An engine ``Request`` for ``prompt`` with the body's options (the prompt fitted to the context)."""
+        if isinstance(prompt, list) and any(not 0 <= t < self.vocab for t in prompt):
+            raise APIError(400, f"'prompt' token ids must be in 0..{self.vocab - 1}", "prompt")
+        temperature = 1.0 if body.temperature is None else body.temperature
+        top_p = 1.0 if body.top_p is None else body.top_p
+        if temperature < MIN_TEMPERATURE or top_p <= 0:  # top_p 0 keeps only the likeliest token
+            temperature, top_p = 0.0, 1.0
+        max_tokens = body.max_completion_tokens or body.max_tokens or self.max_new_tokens
+        return self.engine.request(
+            prompt, max_new_tokens=max_tokens, temperature=temperature, top_k=body.top_k or 0, top_p=top_p,
+            seed=body.seed, stop=[*frame_stops, *body.stop], trim=trim,
         )
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# HTTP
+# the batcher: one worker thread, a bounded queue, batches decoded together
+# ----------------------------------------------------------------------------------------------------------------
+
+DONE = object()  # the last item of a job: its request is filled in
+STARTED = object()
+
+
+class Job:
+    """One request on its way through the batcher; ``items`` receives text pieces, then DONE or an APIError."""
+
+    def __init__(self, request, stream: bool):
+        self.request, self.stream = request, stream
+        self.items: asyncio.Queue = asyncio.Queue()
+        self.started = asyncio.Event()
+        self.enqueued = time.monotonic()
+        self.state = "queued"  # -> "running", or "withdrawn" (timed out / client gone before it ran)
+        self.cancelled = False  # the client went away: drop its text
+
+
+class Batcher:
+    def __init__(self, engine, max_batch_size: int = 8, max_queue: int = 64, batch_wait: float = 0.015):
+        self.engine = engine
+        self.max_batch_size, self.max_queue, self.batch_wait = max_batch_size, max_queue, batch_wait
+        self.pending: collections.deque[Job] = collections.deque()
+        self.cond = threading.Condition()
+        self.closing = False
+        self.running = 0
+        self.batch_sizes: collections.Counter = collections.Counter()
+        self.outbox: list = []  # (job, item) pairs on their way to the event loop
+        self.flush_scheduled = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+
+    # -- the event loop's side ------------------------------------------------------------------------------------
+    def start(self, loop) -> None:
+        self.loop, self.closing = loop, False
+        self.thread = threading.Thread(target=self._work, name="gpt-scratch-batcher", daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self.cond:
+            self.closing = True
+            left, self.pending = list(self.pending), collections.deque()
+            self.cond.notify_all()
+        for job in left:
+            self._post(job, APIError(503, "the server is shutting down", kind="server_error"))
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def submit(self, job: Job) -> None:
+        with self.cond:
+            if self.closing:
+                raise APIError(503, "the server is shutting down", kind="server_error")
+            if len(self.pending) >= self.max_queue:
+                raise APIError(429, f"the server is busy: {len(self.pending)} requests are already waiting "
+                               "(--max-queue); retry shortly", kind="rate_limit_error", code="queue_full",
+                               headers={"Retry-After": "1"})
+            self.pending.append(job)
+            self.cond.notify()
+
+    def withdraw(self, job: Job) -> bool:
+        """Take a job out of the queue if it has not started; False if it already runs."""
+        with self.cond:
+            if job.state != "queued":
+                return False
+            self.pending.remove(job)
+            job.state = "withdrawn"
+            return True
+
+    def stats(self) -> dict:
+        with self.cond:
+            sizes = dict(sorted(self.batch_sizes.items()))
+            return {"queued": len(self.pending), "running": self.running, "batches": sum(sizes.values()),
+                    "largest_batch": max(sizes, default=0), "batch_sizes": {str(k): v for k, v in sizes.items()},
+                    "max_batch_size": self.max_batch_size, "max_queue": self.max_queue}
+
+    def _flush(self) -> None:
+        with self.cond:
+            items, self.outbox, self.flush_scheduled = self.outbox, [], False
+        for job, item in items:
+            if item is STARTED:
+                job.started.set()
+            else:
+                job.items.put_nowait(item)
+
+    # -- the worker's side ----------------------------------------------------------------------------------------
+    def _post(self, job: Job, item) -> None:
+        """Hand ``item`` to ``job`` on the event loop; one wake-up carries everything posted until the loop runs."""
+        with self.cond:
+            self.outbox.append((job, item))
+            wake, self.flush_scheduled = not self.flush_scheduled, True
+        if wake:
+            try:
+                self.loop.call_soon_threadsafe(self._flush)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+    def _next_batch(self) -> list[Job] | None:
+        """Wait for work; then for the batch to fill or ``batch_wait`` past its oldest request.  None: closing."""
+        with self.cond:
+            while True:
+                while not self.pending and not self.closing:
+                    self.cond.wait()
+                if self.closing:
+                    return None
+                deadline = self.pending[0].enqueued + self.batch_wait
+                while self.pending and len(self.pending) < self.max_batch_size and not self.closing:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self.cond.wait(remaining)
+                if self.pending and not self.closing:
+                    jobs = [self.pending.popleft() for _ in range(min(len(self.pending), self.max_batch_size))]
+                    for job in jobs:
+                        job.state = "running"
+                    self.running = len(jobs)
+                    self.batch_sizes[len(jobs)] += 1
+                    return jobs
+
+    def _work(self) -> None:
+        while (jobs := self._next_batch()) is not None:
+            jobs_of = {id(job.request): job for job in jobs}
+            for job in jobs:
+                self._post(job, STARTED)
+
+            def on_text(request, piece):
+                job = jobs_of[id(request)]
+                if job.stream and not job.cancelled:
+                    self._post(job, piece)
+
+            try:
+                self.engine.run([job.request for job in jobs], on_text=on_text)
+                outcome = DONE
+            except Exception as err:  # a bug, not the client's fault: these requests fail, the server goes on
+                traceback.print_exc(file=sys.stderr)
+                outcome = APIError(500, f"generation failed: {type(err).__name__}: {err}", kind="server_error")
+            with self.cond:
+                self.running = 0
+            for job in jobs:
+                self._post(job, outcome)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the app
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _usage(gen) -> dict:
-    return {
-        "prompt_tokens": gen.prompt_tokens,
-        "completion_tokens": gen.completion_tokens,
-        "total_tokens": gen.prompt_tokens + gen.completion_tokens,
-    }
+def _sse(obj) -> str:
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n"
 
 
-class Handler(BaseHTTPRequestHandler):
-    server_version = "gpt-scratch"
-    protocol_version = "HTTP/1.0"  # one request per connection; streams end when the connection closes
-    timeout = 120  # seconds a socket read or write may stall: a client that stops reading cannot hold the lock
+def _usage(request) -> dict:
+    prompt, completion = len(request.prompt_ids), len(request.tokens)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    # -- plumbing -------------------------------------------------------------------------------------------------
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name
-        sys.stderr.write(f"{self.address_string()} - {format % args}\n")
 
-    def _send_json(self, status: int, obj, headers=None):
-        data = json.dumps(obj).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
+def create_app(service: Service, batcher: Batcher, api_key: str | None = None, request_timeout: float = 300.0):
+    """The FastAPI app serving ``service`` through ``batcher`` (started and stopped with the app's lifespan)."""
 
-    def _send_error(self, err: APIError):
-        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
-        self._send_json(err.status, err.body(), headers)
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batcher.start(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            batcher.stop()
 
-    def _path(self) -> str:
-        path = self.path.split("?", 1)[0]
-        return path.rstrip("/") or "/"
+    app = FastAPI(title="gpt-scratch", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service, app.state.batcher = service, batcher
 
-    def _check_auth(self):
-        key = self.server.api_key
-        if not key:
+    @app.exception_handler(APIError)
+    async def _api_error(request, err: APIError):
+        return err.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, err):
+        method, path = request.method, request.url.path
+        if err.status_code == 405:
+            return APIError(405, f"{method} is not allowed on {path}", headers=err.headers).response()
+        if err.status_code == 404:
+            return APIError(404, f"no endpoint {method} {path}: see GET /v1/models, POST /v1/completions, "
+                                 "POST /v1/chat/completions", kind="not_found_error").response()
+        return APIError(err.status_code, str(err.detail), headers=err.headers).response()
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request, err):  # a bug: answer 500 as JSON and keep serving
+        return APIError(500, f"internal error: {type(err).__name__}: {err}", kind="server_error").response()
+
+    async def check_key(request: Request):  # async: runs on the event loop, not in a thread
+        if not api_key:
             return
-        header = self.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
             raise APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
-                           kind="authentication_error")
+                           kind="authentication_error", headers={"WWW-Authenticate": "Bearer"})
 
-    def _read_json(self) -> dict:
-        length = self.headers.get("Content-Length")
-        if length is None:
-            raise APIError(400, "the request needs a JSON body with a Content-Length header")
-        try:
-            length = int(length)
-        except ValueError:
-            raise APIError(400, "Content-Length is not a number") from None
-        if length < 0 or length > MAX_BODY_BYTES:
-            raise APIError(413, f"the request body is over {MAX_BODY_BYTES // (1024 * 1024)} MiB")
-        raw = self.rfile.read(length)
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as err:
-            raise APIError(400, f"the request body is not valid JSON: {err}") from None
-        if not isinstance(body, dict):
-            raise APIError(400, "the request body must be a JSON object")
-        return body
+    def card() -> dict:
+        return {"id": service.name, "object": "model", "created": service.created, "owned_by": "gpt-scratch"}
 
-    def _dispatch(self, routes: dict):
-        try:
-            path = self._path()
-            handler = routes.get(path)
-            if handler is None:
-                if path.startswith("/v1/models/") and self.command == "GET":
-                    handler = self._model
-                else:
-                    other = self._post_routes if self.command == "GET" else self._get_routes
-                    if path in other():
-                        raise APIError(405, f"{self.command} is not allowed on {path}")
-                    raise APIError(404, f"no endpoint {self.command} {path}: see GET /v1/models, "
-                                        "POST /v1/completions, POST /v1/chat/completions", kind="not_found_error")
-            if path != "/health":
-                self._check_auth()
-            handler()
-        except APIError as err:
-            self._send_error(err)
-        except (BrokenPipeError, ConnectionResetError, socket.timeout):
-            pass  # the client went away or stalled
-        except Exception as err:  # a bug, not the client's fault: answer 500 and keep serving
-            self.log_error("internal error: %r", err)
-            try:
-                self._send_error(APIError(500, f"internal error: {type(err).__name__}: {err}", kind="server_error"))
-            except OSError:
-                pass
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": service.name, **batcher.stats()}
 
-    def _get_routes(self):
-        return {"/v1/models": self._models, "/health": self._health}
+    @app.get("/v1/models", dependencies=[Depends(check_key)])
+    async def models():
+        return {"object": "list", "data": [card()]}
 
-    def _post_routes(self):
-        return {"/v1/completions": self._completions, "/v1/chat/completions": self._chat}
-
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        self._dispatch(self._get_routes())
-
-    def do_POST(self):  # noqa: N802
-        self._dispatch(self._post_routes())
-
-    # -- endpoints ------------------------------------------------------------------------------------------------
-    def _model_card(self) -> dict:
-        worker = self.server.worker
-        return {"id": worker.name, "object": "model", "created": worker.created, "owned_by": "gpt-scratch"}
-
-    def _models(self):
-        self._send_json(200, {"object": "list", "data": [self._model_card()]})
-
-    def _model(self):
-        name = self._path()[len("/v1/models/"):]
-        if name != self.server.worker.name:
-            raise APIError(404, f"no model {name!r}: this server serves {self.server.worker.name!r}", "model",
+    @app.get("/v1/models/{name:path}", dependencies=[Depends(check_key)])
+    async def model(name: str):
+        if name != service.name:
+            raise APIError(404, f"no model {name!r}: this server serves {service.name!r}", "model",
                            kind="not_found_error")
-        self._send_json(200, self._model_card())
+        return card()
 
-    def _health(self):
-        self._send_json(200, {"status": "ok"})
+    @app.post("/v1/completions", dependencies=[Depends(check_key)])
+    async def completions(request: Request):
+        body = await parse_body(request, CompletionRequest)
+        engine_request = await run_in_threadpool(service.make_request, body.prompt, body)
+        return await answer(request, engine_request, body, chat=False)
 
-    def _completions(self):
-        body = self._read_json()
-        options = sampling_options(body, self.server.worker.max_new_tokens)
-        prompt = completion_prompt(body)
-        vocab = len(self.server.worker.tokenizer)
-        if isinstance(prompt, list) and any(not 0 <= t < vocab for t in prompt):
-            raise APIError(400, f"'prompt' token ids must be in 0..{vocab - 1}", "prompt")
-        self._answer(prompt, options, chat=False)
+    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
+    async def chat(request: Request):
+        body = await parse_body(request, ChatRequest)
 
-    def _chat(self):
-        body = self._read_json()
-        options = sampling_options(body, self.server.worker.max_new_tokens)
-        prompt, stops = self.server.worker.chat_prompt(chat_messages(body))
-        self._answer(prompt, options, chat=True, frame_stops=stops)
+        def build():
+            prompt, stops = service.chat_prompt(body.messages)
+            return service.make_request(prompt, body, frame_stops=stops, trim=True)
 
-    def _answer(self, prompt, options, chat: bool, frame_stops=()):
-        worker = self.server.worker
-        prefix = "chatcmpl" if chat else "cmpl"
-        meta = {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": worker.name}
-        with worker.lock:
-            gen = worker.generation(prompt, options, extra_stop=frame_stops, trim=chat)
-            if options["stream"]:
-                self._stream(gen, meta, chat, options["include_usage"])
-                return
-            text = gen.run()
+        return await answer(request, await run_in_threadpool(build), body, chat=True)
+
+    async def wait_until_started(job: Job, request: Request) -> None:
+        """Until the worker takes ``job``: 503 past the request timeout; withdrawn if the client hangs up."""
+        while not job.started.is_set():
+            remaining = job.enqueued + request_timeout - time.monotonic()
+            if remaining <= 0 and batcher.withdraw(job):
+                raise APIError(503, f"the request waited {request_timeout:g} s in the queue without starting "
+                               "(--request-timeout); retry later", kind="server_error", code="queue_timeout",
+                               headers={"Retry-After": "1"})
+            try:
+                await asyncio.wait_for(job.started.wait(), max(0.01, min(remaining, 0.5)))
+            except asyncio.TimeoutError:
+                if await request.is_disconnected() and batcher.withdraw(job):
+                    raise APIError(499, "the client closed the connection") from None
+
+    async def answer(request: Request, engine_request, body: Sampling, chat: bool):
+        job = Job(engine_request, stream=bool(body.stream))
+        batcher.submit(job)
+        try:
+            await wait_until_started(job, request)
+        except asyncio.CancelledError:
+            batcher.withdraw(job)
+            raise
+        meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
+                "model": service.name}
+        if job.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(events(job, meta, chat, include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        outcome = await job.items.get()
+        if isinstance(outcome, APIError):
+            raise outcome
+        r = job.request
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": gen.finish_reason}
-            obj = {**meta, "object": "chat.completion", "choices": [choice], "usage": _usage(gen)}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": gen.finish_reason}
-            obj = {**meta, "object": "text_completion", "choices": [choice], "usage": _usage(gen)}
-        self._send_json(200, obj)
+            choice = {"index": 0, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
+                      "finish_reason": r.finish_reason}
+            return {**meta, "object": "chat.completion", "choices": [choice], "usage": _usage(r)}
+        choice = {"index": 0, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+        return {**meta, "object": "text_completion", "choices": [choice], "usage": _usage(r)}
 
-    def _event(self, obj):
-        payload = obj if isinstance(obj, str) else json.dumps(obj)
-        self.wfile.write(f"data: {payload}\n\n".encode("utf-8"))
-        self.wfile.flush()
-
-    def _stream(self, gen, meta, chat: bool, include_usage: bool):
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
+    async def events(job: Job, meta: dict, chat: bool, include_usage: bool):
         kind = "chat.completion.chunk" if chat else "text_completion"
 
-        def chunk(piece=None, finish=None, first=False):
+        def chunk(text=None, finish=None, role=False):
             if chat:
-                delta = {"role": "assistant", "content": ""} if first else ({"content": piece} if piece else {})
+                delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             else:
-                choice = {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}
-            return {**meta, "object": kind, "choices": [choice]}
+                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            return _sse({**meta, "object": kind, "choices": [choice]})
 
-        pieces = iter(gen)
+        finished = False
         try:
             if chat:
-                self._event(chunk(first=True))
-            for piece in pieces:
-                self._event(chunk(piece))
-            self._event(chunk(finish=gen.finish_reason))
-            if include_usage:
-                self._event({**meta, "object": kind, "choices": [], "usage": _usage(gen)})
-            self._event("[DONE]")
+                yield chunk(role=True)
+            while True:  # every piece that has arrived goes out in one chunk
+                items = [await job.items.get()]
+                while not job.items.empty():
+                    items.append(job.items.get_nowait())
+                text = "".join(item for item in items if isinstance(item, str))
+                if text:
+                    yield chunk(text)
+                if not isinstance(items[-1], str):
+                    break
+            if isinstance(items[-1], APIError):
+                yield _sse(items[-1].body())
+            else:
+                yield chunk(finish=job.request.finish_reason)
+                if include_usage:
+                    yield _sse({**meta, "object": kind, "choices": [], "usage": _usage(job.request)})
+            yield _sse("[DONE]")
+            finished = True
         finally:
-            pieces.close()  # a client that hung up ends the generation here
+            job.cancelled = not finished  # a client that hung up: the worker drops the rest of its text
+            job.request.cancelled = job.cancelled  # and the engine takes its row out of the batch
+
+    return app
 
 
-class APIServer(ThreadingHTTPServer):
-    daemon_threads = True
-    worker: ModelWorker | None = None
-    api_key: str | None = None
+# ----------------------------------------------------------------------------------------------------------------
+# the server
+# ----------------------------------------------------------------------------------------------------------------
+
+class APIServer:
+    """A bound socket, the app and a uvicorn server: ``serve_forever()`` blocks (in any thread), ``shutdown()`` stops
+    it from another thread, ``server_close()`` releases the socket."""
+
+    def __init__(self, sock: socket.socket, app, access_log: bool = True):
+        import uvicorn
+
+        self.socket, self.app, self.server_address = sock, app, sock.getsockname()
+        self.service, self.batcher = app.state.service, app.state.batcher
+        config = uvicorn.Config(app, lifespan="on", log_config=None, access_log=access_log, timeout_graceful_shutdown=3)
+        self.uvicorn = uvicorn.Server(config)
+        self._stopped = threading.Event()
+
+    def serve_forever(self) -> None:
+        try:
+            self.uvicorn.run(sockets=[self.socket])
+        finally:
+            self._stopped.set()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        self.uvicorn.should_exit = True
+        self._stopped.wait(timeout)
+
+    def server_close(self) -> None:
+        self.socket.close()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (0 picks a free port), or a UserError that says what to do."""
+    if not 0 <= int(port) <= 65535:
+        raise UserError(f"--port {port} is not a port number: use 1-65535 (or 0 for any free port)")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        sock.listen(2048)
+    except socket.gaierror as err:
+        sock.close()
+        raise UserError(f"--host {host} is not an address of this machine ({err.strerror}): use 127.0.0.1") from err
+    except OSError as err:
+        sock.close()
+        reasons = {
+            errno.EADDRINUSE: f"port {port} on {host} is already in use: pick another with --port (e.g. --port "
+                              f"{int(port) + 1}), or stop the program that holds it",
+            errno.EACCES: f"no permission to listen on port {port}: ports below 1024 need root; use --port 8000",
+            errno.EADDRNOTAVAIL: f"--host {host} is not an address of this machine: use 127.0.0.1 (or 0.0.0.0)",
+        }
+        raise UserError(reasons.get(err.errno, f"cannot listen on {host}:{port}: {err.strerror or err}")) from err
+    return sock
 
 
 def make_server(model_dir, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-                max_new_tokens: int = 256) -> APIServer:
-    """Bind ``host:port`` (0 picks a free port), then load the model; the caller runs ``serve_forever()``.
-
-    The port is taken before the (slow) model load, so a port in use fails at once.
-    """
-    if not 0 <= int(port) <= 65535:
-        raise UserError(f"--port {port} is not a port number: use 1-65535 (or 0 for any free port)")
-    if max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens {max_new_tokens} must be at least 1")
-    server_class = APIServer
-    if ":" in host:  # an IPv6 address
-        server_class = type("APIServer6", (APIServer,), {"address_family": socket.AF_INET6})
+                max_new_tokens: int = 256, max_batch_size: int = 8, max_queue: int = 64,
+                request_timeout: float = 300.0, batch_wait_ms: float = 15.0, access_log: bool = True) -> APIServer:
+    """Bind ``host:port``, then load the model (a folder, or a loaded :class:`Service`); the caller runs
+    ``serve_forever()``.  The port is taken before the (slow) model load, so a port in use fails at once."""
+    checks = [("--max-new-tokens", max_new_tokens, 1), ("--max-batch-size", max_batch_size, 1),
+              ("--max-queue", max_queue, 1), ("--request-timeout", request_timeout, 0.001),
+              ("--batch-wait-ms", batch_wait_ms, 0)]
+    for flag, value, low in checks:
+        if not value >= low:
+            raise UserError(f"{flag} {value} must be at least {low:g}")
+    sock = bind(host, port)
     try:
-        server = server_class((host, int(port)), Handler)
-    except socket.gaierror as err:
-        raise UserError(f"--host {host} is not an address of this machine ({err.strerror}): use 127.0.0.1") from err
-    except OSError as err:
-        if err.errno == errno.EADDRINUSE:
-            raise UserError(
-                f"port {port} on {host} is already in use: pick another with --port (e.g. --port {int(port) + 1}), "
-                "or stop the program that holds it"
-            ) from err
-        if err.errno == errno.EACCES:
-            raise UserError(
-                f"no permission to listen on port {port}: ports below 1024 need root; use --port 8000"
-            ) from err
-        if err.errno == errno.EADDRNOTAVAIL:
-            raise UserError(f"--host {host} is not an address of this machine: use 127.0.0.1 (or 0.0.0.0)") from err
-        raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
-    try:
-        server.api_key = api_key or None
-        server.worker = ModelWorker(model_dir, max_new_tokens=max_new_tokens)
+        service = model_dir if isinstance(model_dir, Service) else Service.load(model_dir, max_new_tokens)
+        batcher = Batcher(service.engine, max_batch_size, max_queue, batch_wait_ms / 1000)
+        app = create_app(service, batcher, api_key=api_key or None, request_timeout=request_timeout)
+        return APIServer(sock, app, access_log=access_log)
     except BaseException:
-        server.server_close()
+        sock.close()
         raise
-    return server
 
 
 def server_url(server: APIServer) -> str:
@@ -453,26 +661,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
     parser.add_argument("--max-new-tokens", type=int, default=256,
                         help="reply length when a request gives no max_tokens (default 256)")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together (default 8)")
+    parser.add_argument("--max-queue", type=int, default=64,
+                        help="requests that may wait for a batch; more are answered 429 (default 64)")
+    parser.add_argument("--request-timeout", type=float, default=300.0,
+                        help="seconds a request may wait in the queue before it gets 503 (default 300)")
+    parser.add_argument("--batch-wait-ms", type=float, default=15.0,
+                        help="how long the first request of a batch waits for others to join (default 15 ms)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for decoding (default: torch's "
+                        "choice; 1 is often faster for a small model on a busy machine)")
+    parser.add_argument("--no-access-log", action="store_true", help="do not log each request on stderr")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    server = make_server(args.model, args.host, args.port, api_key=args.api_key, max_new_tokens=args.max_new_tokens)
-    worker = server.worker
+    if args.threads < 0:
+        raise UserError(f"--threads {args.threads} must be 0 (torch's choice) or a positive count")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    server = make_server(args.model, args.host, args.port, api_key=args.api_key, max_new_tokens=args.max_new_tokens,
+                         max_batch_size=args.max_batch_size, max_queue=args.max_queue,
+                         request_timeout=args.request_timeout, batch_wait_ms=args.batch_wait_ms,
+                         access_log=not args.no_access_log)
+    service = server.service
+    logging.basicConfig(format="%(message)s", stream=sys.stderr)  # uvicorn's warnings, and its access log:
+    logging.getLogger("uvicorn.access").setLevel(logging.INFO)  # one line per request on stderr (stdout: the URL)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can use the model",
               file=sys.stderr)
-    kind = "instruct model, chat template" if worker.instruct else "base model, transcript chat"
+    kind = "instruct model, chat template" if service.instruct else "base model, transcript chat"
     print(f"serving {args.model} on {server_url(server)}", flush=True)
-    print(f"(model id {worker.name!r}: {kind}; context {worker.context} tokens; Ctrl-C stops)", file=sys.stderr,
-          flush=True)
+    print(f"(model id {service.name!r}: {kind}; context {service.context} tokens; batches of up to "
+          f"{args.max_batch_size}, queue {args.max_queue}; Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
+        pass
     finally:
         server.server_close()
+    print("stopped", file=sys.stderr)
     return 0
 
 
-__all__ = ["make_server", "server_url", "APIServer", "Handler", "ModelWorker", "APIError", "add_arguments", "run"]
+__all__ = ["make_server", "server_url", "bind", "create_app", "APIServer", "Service", "Batcher", "Job", "APIError",
+           "CompletionRequest", "ChatRequest", "add_arguments", "run"]

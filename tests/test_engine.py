@@ -274,3 +274,25 @@ def test_kv_buffer_refuses_to_overflow_and_keeps_rows():
     assert torch.equal(cache.keys[0][:, :, :3], keys[[2, 0]])
     with pytest.raises(ValueError, match="holds 4 positions"):
         cache.update(torch.zeros(2, 2, 2, 8), torch.zeros(2, 2, 2, 8), 0)
+
+
+def test_a_cancelled_row_leaves_the_batch_and_the_others_go_on():
+    model = tiny_lm()
+    engine = Engine(model, LetterTokenizer(), eos_ids=())
+    prompts = [ids_between(1, VOCAB, n, seed=30 + n).tolist() for n in (3, 5)]
+    alone = engine.run([Request(prompts[1], max_new_tokens=15)])[0].tokens
+    requests = [Request(p, max_new_tokens=15) for p in prompts]
+
+    def cancel_first(request, piece):
+        if request is requests[0] and len(request.tokens) == 4:
+            request.cancelled = True
+
+    engine.run(requests, on_text=cancel_first)
+    assert requests[0].finish_reason == "cancelled" and len(requests[0].tokens) == 4
+    assert requests[1].tokens == alone and requests[1].finish_reason == "length"
+
+
+def test_sampler_edge_settings_fall_back_to_the_argmax():
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(5))
+    for settings in (dict(temperature=1e-30), dict(temperature=1.0, top_p=0.0), dict(temperature=0.5, top_k=1)):
+        assert torch.equal(sample_next_token(logits, **settings), logits.argmax(-1)), settings

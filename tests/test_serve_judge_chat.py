@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.generation_utils import cut_at_stop_strings, decode_incrementally, trim_whitespace
+from pipelines.engine import cut_at_stop_strings, decode_incrementally, trim_whitespace
 from pipelines.judge import parse_score
 from pipelines.prompts import ALPACA_CHAT_TEMPLATE, format_alpaca, render_transcript
 
