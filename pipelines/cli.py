@@ -45,7 +45,7 @@ WORKFLOWS = {
     "respond": ("pipelines.instruct", "add_respond_arguments", "respond_main", "answer every record of a test file"),
     "judge": ("pipelines.judge", "add_arguments", "run", "score responses with an LLM judge (0-100)"),
     "serve": ("pipelines.serve", "add_arguments", "run", "OpenAI-compatible HTTP API over a model"),
-    "evaluate": ("pipelines.evaluate", "add_arguments", "run", "loss/perplexity, or accuracy for classifiers"),
+    "evaluate": ("pipelines.evaluate", "add_arguments", "run", "loss, perplexity, bits per byte; classifier accuracy; HellaSwag, FineWeb, lm-eval"),
     "experiments": ("pipelines.experiments", "add_arguments", "run", "interventions vs a baseline, same budget"),
     "publish": ("pipelines.publish", "add_arguments", "run", "upload a run folder to the Hugging Face Hub"),
 }
