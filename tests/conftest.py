@@ -13,6 +13,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny matrices gain nothing from threads, and on a busy machine the extra threads spin and slow each op down."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def shared_data():
     """Folder with the real data sets (../shared/data); tests that need it skip when it is absent."""

@@ -22,15 +22,6 @@ VOCAB = 300
 WORDS = "the cat sat on a mat and the dog ran to the park while birds sang in green trees".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices gain nothing from threads, and on a busy machine the extra threads spin and slow each op down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def perturb_(model, scale=0.2, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

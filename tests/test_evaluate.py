@@ -23,14 +23,6 @@ VOCAB, CONTEXT = 300, 64
 WORDS = "the cat sat on a mat and the dog ran to the park while birds sang in green trees".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sentence(rng, n):
     return " ".join(WORDS[i] for i in rng.integers(0, len(WORDS), n))
 

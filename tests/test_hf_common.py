@@ -35,15 +35,6 @@ except hf_suite.SuiteUnavailable as error:
     SUITE_ERROR = str(error)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices gain nothing from threads; on 2 busy cores the extra threads only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 AUTO_TABLES = {
     "MODEL_MAPPING_NAMES": GPTScratchModel,
     "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES": GPTScratchForCausalLM,
