@@ -1,11 +1,13 @@
 # `make demo`: set up, then pretrain the default tiny model on the embedded corpus (a few minutes on 2 CPU cores).
-# `make test`: set up, then run the test suite.
+# `make test`: set up, then run the test suite (the unit tests).
+# `make test-ecosystem`: saved folders run by transformers 4.57 and 5.x, PEFT, TRL, lm-eval and ONNX, each in a venv of
+#   its own under .cache/ecosystem-venvs/ (built from PyPI on first use, reused while its requirements are unchanged).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-ecosystem bench clean
 
 setup: $(STAMP)
 
@@ -23,7 +25,10 @@ demo: setup
 	$(VENV)/bin/gpt-scratch pretrain --overwrite
 
 test: setup
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests --ignore=tests/ecosystem
+
+test-ecosystem: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests/ecosystem
 
 bench: setup
 	$(PY) benchmarks/run_all.py

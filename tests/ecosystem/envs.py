@@ -1,0 +1,234 @@
+"""The client virtualenvs: one per piece of the ecosystem, each built from PyPI by ``uv`` with torch from the local
+CPU wheel, and none with gpt-scratch installed (a client loads only a saved folder).
+
+Each venv lives in ``<repo>/.cache/ecosystem-venvs/<name>`` (git-ignored) and carries a stamp with the hash of
+everything that went into it (requirements, torch wheel, Python, uv): a changed requirement rebuilds it, an unchanged
+one is reused as it is.  A venv that cannot be built raises, so the test that needs it fails: nothing is skipped.
+
+Environment variables:
+    GPT_SCRATCH_ECOSYSTEM_CACHE   the cache folder (default ``<repo>/.cache/ecosystem-venvs``)
+    GPT_SCRATCH_TORCH_WHEEL       path of the torch 2.13.0 wheel (default: found in pip's find-links, else downloaded
+                                  once with ``pip download torch==2.13.0`` through pip's own configuration)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("GPT_SCRATCH_ECOSYSTEM_CACHE", REPO / ".cache" / "ecosystem-venvs"))
+TORCH_VERSION = "2.13.0"
+UV_VERSION = "0.13.9"
+BUILDER_VERSION = 1  # bump to rebuild every venv after a change to how they are made
+
+# "latest" below means the newest release when this suite was written; bump a pin to test a newer release (the venv
+# is rebuilt because its key changes).
+LATEST_TRANSFORMERS = "transformers==5.24.0"
+CLIENTS = {
+    "hf4": ["transformers==4.57.6"],  # the last 4.x release
+    "hf5": [LATEST_TRANSFORMERS],
+    # PEFT 0.21.2 predates transformers 5.24's rename of the cache argument (past_key_values -> cache): with 5.24 its
+    # prompt and prefix tuning cannot generate on transformers' own GPT-2 either.  "peft" pairs it with the last
+    # transformers it works with; "peft-latest" with the latest (tests/ecosystem/test_peft.py checks both).
+    "peft": ["peft==0.21.2", "transformers==5.23.0"],
+    "peft-latest": ["peft==0.21.2", LATEST_TRANSFORMERS],
+    "trl": ["trl==1.16.0", "datasets==5.2.0", LATEST_TRANSFORMERS],
+    "lmeval": ["lm-eval[hf]==0.4.13", LATEST_TRANSFORMERS],
+    "onnx": ["onnx==1.23.2", "onnxscript==0.7.2", "onnxruntime==1.32.0", LATEST_TRANSFORMERS],
+}
+
+TIMINGS: dict[str, float] = {}  # what was built this session and how long it took (printed in pytest's summary)
+_SHARED = threading.RLock()  # uv's bootstrap and the torch wheel are shared by venvs built from several threads
+
+
+class EnvBuildError(RuntimeError):
+    pass
+
+
+def _run(cmd, what: str, env=None, timeout=900, cwd=None) -> str:
+    proc = subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL,
+        cwd=cwd,
+    )
+    if proc.returncode != 0:
+        raise EnvBuildError(
+            f"{what} failed (exit {proc.returncode}): {' '.join(map(str, cmd))}\n"
+            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
+    return proc.stdout
+
+
+def _pip_find_links() -> list[Path]:
+    """Folders named by pip's find-links setting (environment or config files)."""
+    values = [os.environ.get("PIP_FIND_LINKS", "")]
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60
+        ).stdout
+        values += [line.split("=", 1)[1].strip().strip("'\"") for line in out.splitlines() if "find-links" in line]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    folders = []
+    for value in values:
+        for item in value.split():
+            item = item[len("file://"):] if item.startswith("file://") else item
+            if item and Path(item).is_dir():
+                folders.append(Path(item))
+    return folders
+
+
+def torch_wheel() -> Path:
+    """The local torch 2.13.0 CPU wheel for this Python (every client venv installs exactly this file)."""
+    with _SHARED:
+        return _torch_wheel()
+
+
+def _torch_wheel() -> Path:
+    given = os.environ.get("GPT_SCRATCH_TORCH_WHEEL")
+    if given:
+        path = Path(given)
+        if not path.is_file():
+            raise EnvBuildError(f"GPT_SCRATCH_TORCH_WHEEL={given} is not a file")
+        return path
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    pattern = re.compile(rf"^torch-{re.escape(TORCH_VERSION)}(\+cpu)?-{tag}-{tag}-.*\.whl$")
+    downloaded = CACHE / "_wheels"
+    for folder in [*_pip_find_links(), downloaded]:
+        if folder.is_dir():
+            for wheel in sorted(folder.iterdir()):
+                if pattern.match(wheel.name):
+                    return wheel
+    # pip knows where the CPU wheel lies (its config points at it); ask it once and keep the file.
+    downloaded.mkdir(parents=True, exist_ok=True)
+    _run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", downloaded, f"torch=={TORCH_VERSION}"],
+        "downloading the torch wheel",
+    )
+    for wheel in sorted(downloaded.iterdir()):
+        if pattern.match(wheel.name):
+            if "+cpu" not in wheel.name and wheel.stat().st_size > 600 * 2**20:
+                raise EnvBuildError(f"pip fetched a CUDA build of torch ({wheel.name}); set GPT_SCRATCH_TORCH_WHEEL")
+            return wheel
+    raise EnvBuildError(f"no torch {TORCH_VERSION} wheel for {tag} found; set GPT_SCRATCH_TORCH_WHEEL")
+
+
+def _base_python() -> str:
+    return getattr(sys, "_base_executable", None) or sys.executable
+
+
+def uv() -> Path:
+    """uv, installed once with pip into the cache (it builds a client venv in seconds; pip takes ~40 s)."""
+    with _SHARED:
+        return _uv()
+
+
+def _uv() -> Path:
+    home = CACHE / f"_uv-{UV_VERSION}"
+    exe = home / "bin" / "uv"
+    if exe.is_file() and (home / ".ready").is_file():
+        return exe
+    start = time.perf_counter()
+    shutil.rmtree(home, ignore_errors=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    _run([_base_python(), "-m", "venv", "--without-pip", home], "creating the uv bootstrap venv")
+    _run(
+        [sys.executable, "-m", "pip", "--python", home / "bin" / "python", "install", "-q", f"uv=={UV_VERSION}"],
+        "installing uv",
+    )
+    if not exe.is_file():
+        raise EnvBuildError(f"installing uv=={UV_VERSION} left no {exe}")
+    (home / ".ready").write_text(UV_VERSION)
+    TIMINGS["uv bootstrap"] = time.perf_counter() - start
+    return exe
+
+
+@dataclass
+class ClientEnv:
+    name: str
+    path: Path
+    requirements: list[str] = field(default_factory=list)
+    built: bool = False  # built in this session (False: reused from the cache)
+
+    @property
+    def python(self) -> Path:
+        return self.path / "bin" / "python"
+
+
+def env_key(name: str, requirements: list[str], wheel: Path) -> str:
+    material = dict(
+        name=name,
+        requirements=sorted(requirements),
+        torch_wheel=wheel.name,
+        python=platform.python_version(),
+        implementation=sys.implementation.name,
+        uv=UV_VERSION,
+        builder=BUILDER_VERSION,
+    )
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def client_env(name: str) -> ClientEnv:
+    """The venv for client ``name`` (see :data:`CLIENTS`): reused when its stamp matches, else built from scratch."""
+    requirements = CLIENTS[name]
+    wheel = torch_wheel()
+    key = env_key(name, requirements, wheel)
+    path = CACHE / name
+    stamp = path / ".ecosystem-key"
+    env = ClientEnv(name, path, requirements)
+    if stamp.is_file() and stamp.read_text().strip() == key and env.python.exists():
+        return env
+    start = time.perf_counter()
+    shutil.rmtree(path, ignore_errors=True)
+    tool = uv()
+    uv_env = {
+        **os.environ,
+        "UV_CACHE_DIR": str(CACHE / "_uv-cache"),  # beside the venvs: same file system, so uv hard-links
+        "UV_NO_CONFIG": "1",
+        "UV_PYTHON_DOWNLOADS": "never",
+        "VIRTUAL_ENV": str(path),
+    }
+    uv_env.pop("PYTHONPATH", None)
+    _run([tool, "venv", "-q", "--python", _base_python(), path], f"creating the {name} venv", env=uv_env)
+    _run(
+        [tool, "pip", "install", "-q", "--python", env.python, str(wheel), *requirements,
+         "--constraint", _write_constraints()],
+        f"installing {' '.join(requirements)} into the {name} venv",
+        env=uv_env,
+    )
+    check = _run(
+        [env.python, "-c",
+         "import importlib.util, json, torch; print(json.dumps([torch.__version__, "
+         "importlib.util.find_spec('modeling_gpt_scratch') is None, importlib.util.find_spec('pipelines') is None]))"],
+        f"checking the {name} venv",
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        cwd=path,  # not the checkout, whose root would put the package on sys.path
+    )
+    version, no_package, no_pipelines = json.loads(check.strip().splitlines()[-1])
+    if not version.startswith(TORCH_VERSION) or not (no_package and no_pipelines):
+        raise EnvBuildError(
+            f"the {name} venv is wrong: torch {version}, gpt-scratch importable: {not (no_package and no_pipelines)}"
+        )
+    stamp.write_text(key + "\n")
+    env.built = True
+    TIMINGS[f"venv {name}"] = time.perf_counter() - start
+    return env
+
+
+def _write_constraints() -> Path:
+    path = CACHE / "_constraints.txt"
+    text = f"torch=={TORCH_VERSION}\n"  # no client may swap the local CPU build for another torch
+    if not path.is_file() or path.read_text() != text:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return path
