@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from pipelines.errors import UserError
+from pipelines.folders import TOKENIZER_FILES, WEIGHT_FILES  # noqa: F401  (the one definition of the file names)
 
 from .configuration_gpt_scratch import PRESETS, GPTScratchConfig
 
@@ -39,10 +40,6 @@ from .configuration_gpt_scratch import PRESETS, GPTScratchConfig
 # shared helpers
 # ----------------------------------------------------------------------------------------------------------------
 
-WEIGHT_FILES = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
-)
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 

@@ -20,11 +20,11 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from pipelines.errors import UserError
+from pipelines.errors import UserError, describe_type
+from pipelines.folders import TOKENIZER_FILES  # the one definition of a folder's file names
 
 EOS_TOKEN = "<|endoftext|>"
 MIN_VOCAB_SIZE = 257  # the 256 byte symbols plus <|endoftext|>
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 
 
 def strip_local_files_only(folder) -> None:
@@ -47,6 +47,28 @@ def _set_pad_to_eos(tokenizer):
     return tokenizer
 
 
+def _tokenizer_error(path: Path, err: Exception) -> str:
+    """One line for a tokenizer folder that does not load: the file at fault when it can be told, and the cause."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json"):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return (
+                f"cannot load the tokenizer in {path}: {name} is not valid JSON, so the file is damaged or cut short "
+                "(an interrupted copy or save?): copy the folder again or re-save the tokenizer"
+            )
+        except OSError:
+            continue
+    return (
+        f"cannot load the tokenizer in {path} ({type(err).__name__}: {text}): its files are damaged or from an "
+        "unsupported tokenizer; copy the folder again or re-save the tokenizer"
+    )
+
+
 def load_tokenizer(spec: str):
     """A tokenizer from a local folder or a Hub id (e.g. ``openai-community/gpt2``), with pad = end-of-text.
 
@@ -65,8 +87,8 @@ def load_tokenizer(spec: str):
             )
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=True)
-        except (OSError, ValueError) as err:
-            raise UserError(f"cannot load the tokenizer in {path}: {err}") from err
+        except Exception as err:  # a damaged tokenizer.json raises the tokenizers library's bare Exception
+            raise UserError(_tokenizer_error(path, err)) from None
         return _set_pad_to_eos(tokenizer)
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
     try:
@@ -174,7 +196,12 @@ def train_bpe_tokenizer(
     out = None
     if out_dir is not None:
         out = Path(out_dir).expanduser()
-        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+        if out.exists() and not out.is_dir():
+            raise UserError(
+                f"--out {out} is a file, not a folder: choose a folder for the tokenizer (--overwrite replaces a "
+                "folder, never a file)"
+            )
+        if out.exists() and any(out.iterdir()) and not overwrite:
             raise UserError(
                 f"output folder {out} already exists and is not empty: choose another --out, or pass --overwrite to "
                 "replace it"
@@ -185,7 +212,7 @@ def train_bpe_tokenizer(
     def counted(items: Iterable[str]) -> Iterator[str]:
         for text in items:
             if not isinstance(text, str):
-                raise UserError(f"document {count['docs'] + 1} is a {type(text).__name__}, not text")
+                raise UserError(f"document {count['docs'] + 1} is not text but {describe_type(text)}")
             count["docs"] += 1
             yield text
 

@@ -23,7 +23,7 @@ import yaml
 from .fsutil import atomic_write_text
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "model_cards"
-TEMPLATES = {"base": "base.md", "classifier": "classifier.md", "instruct": "instruct.md"}
+TEMPLATES = {"base": "base.md", "classifier": "classifier.md", "instruct": "instruct.md", "adapter": "adapter.md"}
 
 from .prompts import format_alpaca  # the instruct workflow's prompt format (one place for it)
 
@@ -33,13 +33,36 @@ EXAMPLE_INSTRUCTION = {"instruction": "Rewrite the sentence in passive voice.", 
 EVAL_METRICS = {
     "val_loss": ("loss", "validation loss", "validation"),
     "val_perplexity": ("perplexity", "validation perplexity", "validation"),
+    "val_bpb": ("bpb", "validation bits per byte", "validation"),
     "test_loss": ("loss", "test loss", "test"),
     "test_perplexity": ("perplexity", "test perplexity", "test"),
+    "test_bpb": ("bpb", "test bits per byte", "test"),
     "test_accuracy": ("accuracy", "test accuracy", "test"),
     "test_f1": ("f1", "test F1", "test"),
     "judge_score": ("judge_score", "LLM-as-a-judge score (0-100)", "test"),
 }
 RESULT_ROWS = {"initial_val_loss": "validation loss before training", **{k: v[1] for k, v in EVAL_METRICS.items()}}
+
+# metrics.json "evaluations" (written by `gpt-scratch evaluate --record`): entry kind -> (key, model-index metric
+# type, human name) of the numbers that go into the card.  lm-eval entries carry their own metric names.
+BENCHMARK_METRICS = {
+    "hellaswag": (
+        ("acc", "acc", "accuracy"),
+        ("acc_norm", "acc_norm", "accuracy, length-normalised per byte (acc_norm)"),
+        ("acc_norm_tokens", "acc_norm_tokens", "accuracy, normalised per token (llm.c's acc_norm)"),
+    ),
+    "fineweb-test": (
+        ("loss", "loss", "test loss (nats per token)"),
+        ("perplexity", "perplexity", "test perplexity"),
+        ("bpb", "bpb", "test bits per byte"),
+    ),
+    "causal-lm": (
+        ("loss", "loss", "loss (nats per token)"),
+        ("perplexity", "perplexity", "perplexity"),
+        ("bpb", "bpb", "bits per byte"),
+    ),
+    "classifier": (("accuracy", "accuracy", "accuracy"), ("f1", "f1", "macro F1")),
+}
 
 _TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{16,}")
 _SECRET_KEY_RE = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|access_?key|auth|credentials?)$", re.I)
@@ -75,6 +98,9 @@ class _Run:
         self.config = _read_json(self.folder / "config.json")
         self.metrics = _read_json(self.folder / "metrics.json")
         self.run_config = _read_yaml(self.folder / "run_config.yaml")
+        self.adapter = _read_json(self.folder / "adapter_config.json")  # a LoRA adapter folder (pipelines.lora)
+        if self.adapter and not self.config and isinstance(self.run_config.get("model_config"), dict):
+            self.config = dict(self.run_config["model_config"])  # the base's architecture, as the run recorded it
         self.generation = _read_json(self.folder / "generation_config.json")
         final = self.metrics.get("final")
         self.final = final if isinstance(final, dict) else {}
@@ -82,6 +108,10 @@ class _Run:
         self.history = [r for r in history if isinstance(r, dict)] if isinstance(history, list) else []
         env = self.metrics.get("environment")
         self.environment = env if isinstance(env, dict) else {}
+        evaluations = self.metrics.get("evaluations")
+        self.evaluations = (
+            {k: v for k, v in evaluations.items() if isinstance(v, dict)} if isinstance(evaluations, dict) else {}
+        )
         samples = self.metrics.get("samples")
         self.samples = [s for s in samples if isinstance(s, dict)] if isinstance(samples, list) else []
         self.kind = folder_kind(self.folder, self.config, self.metrics)
@@ -102,7 +132,9 @@ def folder_kind(folder: str | os.PathLike, config: dict | None = None, metrics: 
     config = _read_json(folder / "config.json") if config is None else config
     metrics = _read_json(folder / "metrics.json") if metrics is None else metrics
     architectures = config.get("architectures") or []
-    if any("SequenceClassification" in str(a) for a in architectures):
+    from .folders import architecture_kind  # the one definition of the folder kinds
+
+    if architecture_kind(config) == "classifier":
         return "classifier"
     workflow = str(metrics.get("workflow") or "")
     if workflow == "finetune-classifier" and not architectures:
@@ -414,8 +446,81 @@ def _training_rows(run: _Run) -> list[list]:
     return rows
 
 
+def _benchmark(entry: dict) -> dict | None:
+    """One recorded evaluation as the card shows it: the model-index data-set fields, ``label`` (a readable name of
+    the data) and ``values``, ``[(metric type, metric name, value)]``; ``None`` for an entry it cannot read.
+
+    The model-index groups results by data-set type, configuration and split, so local data (type ``custom``) is told
+    apart by its name in the configuration field."""
+    kind = entry.get("kind")
+    data = entry.get("data")
+    repo, _, config = str(data).partition(":") if isinstance(data, str) else ("", "", "")
+    hub = looks_like_hub_id(repo)
+    task_type = "text-classification" if kind == "classifier" else "text-generation"
+    if kind == "hellaswag":
+        where = "" if hub else f", {_data_name(data)}"
+        fields = {
+            "dataset_type": repo if hub else "hellaswag",
+            "dataset_name": "HellaSwag",
+            "dataset_split": entry.get("split") or ("validation" if hub else None),
+            "dataset_args": {"items": entry["items"]} if _is_number(entry.get("items")) else None,
+        }
+        label = f"HellaSwag ({fmt(entry.get('items'))} items{where})"
+    elif kind == "fineweb-test":
+        fields = {
+            "dataset_type": repo if hub else "custom",
+            "dataset_config": (config or None) if hub else _data_name(data),
+            "dataset_name": f"FineWeb {config} test slice" if hub and config else f"{_data_name(data)} test slice",
+            "dataset_split": "train" if hub else None,
+            "dataset_args": {k: entry[k] for k in ("start_token", "batches", "batch_size", "seq_len") if k in entry},
+        }
+        label = (f"{fields['dataset_name']} (from token {fmt(entry.get('start_token'))}, "
+                 f"{fmt(entry.get('tokens_scored'))} tokens)")
+    elif kind in ("causal-lm", "classifier"):
+        name = _data_name(data) or "custom data"
+        fields = {"dataset_type": repo if hub else "custom",
+                  "dataset_config": (config or None) if hub else name, "dataset_name": name}
+        label = name
+    elif kind == "lm-eval":
+        task = str(entry.get("task") or "task")
+        path = entry.get("dataset_path")
+        shots = entry.get("n-shot")
+        on_hub = looks_like_hub_id(path)
+        fields = {
+            "dataset_type": path if on_hub else "custom",
+            "dataset_config": (entry.get("dataset_config") or None) if on_hub else f"lm-eval:{task}",
+            "dataset_name": f"{task} (lm-evaluation-harness)",
+            "dataset_args": {"num_few_shot": shots} if _is_number(shots) else None,
+        }
+        label = f"lm-eval {task}" + (f", {fmt(shots)}-shot" if _is_number(shots) else "")
+        metrics = entry.get("metrics") if isinstance(entry.get("metrics"), dict) else {}
+        values = [(k, k, v) for k, v in metrics.items() if "stderr" not in k]
+        return {"fields": {**fields, "task_type": task_type}, "label": label, "values": _finite_values(values)}
+    else:
+        return None
+    values = [(t, name, entry.get(key)) for key, t, name in BENCHMARK_METRICS[kind]]
+    return {"fields": {**fields, "task_type": task_type}, "label": label, "values": _finite_values(values)}
+
+
+def _finite_values(values) -> list[tuple[str, str, float]]:
+    return [(t, n, float(v)) for t, n, v in values if _is_number(v) and math.isfinite(v)]
+
+
+def _benchmarks(run: _Run) -> list[dict]:
+    """The recorded evaluations (metrics.json ``evaluations``) that have numbers, in the order recorded."""
+    out = []
+    for entry in run.evaluations.values():
+        bench = _benchmark(entry)
+        if bench is not None and bench["values"]:
+            out.append(bench)
+    return out
+
+
 def _result_rows(run: _Run) -> list[list]:
-    return [[label, fmt(run.final[key])] for key, label in RESULT_ROWS.items() if key in run.final]
+    rows = [[label, fmt(run.final[key])] for key, label in RESULT_ROWS.items() if key in run.final]
+    for bench in _benchmarks(run):
+        rows += [[f"{bench['label']}: {name}", fmt(value)] for _, name, value in bench["values"]]
+    return rows
 
 
 def _eval_results(run: _Run, task_type: str, dataset_id: str | None, dataset_name: str) -> list:
@@ -437,6 +542,10 @@ def _eval_results(run: _Run, task_type: str, dataset_id: str | None, dataset_nam
                 metric_value=float(value),
             )
         )
+    for bench in _benchmarks(run):
+        fields = {k: v for k, v in bench["fields"].items() if v is not None}
+        for metric_type, metric_name, value in bench["values"]:
+            results.append(EvalResult(metric_type=metric_type, metric_name=metric_name, metric_value=value, **fields))
     return results
 
 
@@ -489,11 +598,12 @@ def _last_sample(run: _Run) -> str:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def render_model_card(folder: str | os.PathLike, repo_id: str | None = None):
+def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, base_model_id: str | None = None):
     """The model card of a run folder, as a ``huggingface_hub.ModelCard``.
 
     ``repo_id`` (``user/name``) is used as the model name and in the usage snippet; without it the snippet loads
-    the folder by its path.
+    the folder by its path.  A LoRA adapter folder gets the adapter card (``model_cards/adapter.md``), naming its base:
+    ``base_model_id`` (a Hub id), else the base its ``adapter_config.json`` names.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -505,6 +615,12 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None):
     model_name = repo_id.split("/")[-1] if repo_id else run.folder.resolve().name
     datasets = _hub_ids(rc.get("data"))
     base_models = _hub_ids(rc.get("base_model"))
+    adapter = {}
+    if run.adapter:
+        from .lora import adapter_card_facts
+
+        adapter = adapter_card_facts(run.folder, kind, repo_id, base_model_id)
+        base_models = [adapter["base_id"]] if adapter["base_id"] else []
     workflow = run.metrics.get("workflow")
     data_name = _data_name(rc.get("data")) or ("the embedded demo corpus" if workflow == "pretrain" else "")
     eval_results = _eval_results(run, task, datasets[0] if datasets else None, data_name or "custom data")
@@ -512,11 +628,12 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None):
     if workflow == "pretrain":
         tags.append("from-scratch")
     tags += {"classifier": ["fine-tuned"], "instruct": ["instruction-tuned"]}.get(kind, [])
+    tags += ["peft", "lora"] if adapter else []
     tokens = _tokens_seen(run)
     language = rc.get("language") or "en"
     card_data = ModelCardData(
         license=str(rc.get("license") or "apache-2.0"),
-        library_name="transformers",
+        library_name="peft" if adapter else "transformers",
         pipeline_tag=task,
         language=language,
         tags=tags,
@@ -530,7 +647,7 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None):
     loss_plot = "plots/loss.png" if "plots/loss.png" in run.plots else ""
     card = ModelCard.from_template(
         card_data,
-        template_path=str(TEMPLATE_DIR / TEMPLATES[kind]),
+        template_path=str(TEMPLATE_DIR / TEMPLATES["adapter" if adapter else kind]),
         model_title=model_name,
         repo_id=repo_id or "",
         parameters=_count(params),
@@ -539,12 +656,18 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None):
         architecture_table=md_table(["setting", "value"], _architecture_rows(run, params)),
         training_table=md_table(["setting", "value"], _training_rows(run)),
         results_table=md_table(["metric", "value"], _result_rows(run)),
+        has_benchmarks=bool(_benchmarks(run)),
+        has_bpb=any(k.endswith("_bpb") for k in run.final)
+        or any(t == "bpb" for b in _benchmarks(run) for t, _, _ in b["values"]),
         loss_plot=loss_plot,
-        usage=_fence(usage_snippet(kind, repo_id or str(run.folder), cfg), "python"),
+        usage=_fence(
+            adapter["usage"] if adapter else usage_snippet(kind, repo_id or str(run.folder), cfg), "python"
+        ),
+        adapter=adapter,
         data_name=data_name,
         trained_from_scratch=workflow == "pretrain",
         tokens_seen=fmt(tokens) if tokens is not None else "",
-        base_model_name=_base_model_phrase(rc.get("base_model")),
+        base_model_name=_base_model_phrase(adapter["base_ref"] if adapter else rc.get("base_model")),
         label_list=", ".join(f"`{label}`" for label in labels) if labels else "",
         sample=_last_sample(run),
         has_report=True,
@@ -561,7 +684,7 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None):
 def _history_rows(run: _Run, limit: int = 20) -> tuple[list[str], list[list]]:
     if not run.history:
         return [], []
-    keys = ["step", "tokens", "train_loss", "val_loss", "val_perplexity"]
+    keys = ["step", "tokens", "train_loss", "val_loss", "val_perplexity", "val_bpb"]
     extra = sorted({k for r in run.history for k in r} - set(keys))
     keys = [k for k in keys + extra if any(k in r for r in run.history)]
     records = run.history
@@ -585,6 +708,17 @@ def render_report(folder: str | os.PathLike) -> str:
 
     final_rows = [[key, fmt(value)] for key, value in run.final.items()]
     parts += ["## Final metrics", "", md_table(["metric", "value"], final_rows) or "No final metrics recorded.", ""]
+
+    bench_rows = [[b["label"], name, fmt(value)] for b in _benchmarks(run) for _, name, value in b["values"]]
+    if bench_rows:
+        parts += [
+            "## Benchmark evaluations",
+            "",
+            "Recorded with `gpt-scratch evaluate --record` (all numbers are in metrics.json, `evaluations`).",
+            "",
+            md_table(["evaluation", "metric", "value"], bench_rows),
+            "",
+        ]
 
     if run.plots:
         parts += ["## Curves", ""]
@@ -628,10 +762,12 @@ def write_report(folder: str | os.PathLike) -> Path:
     return path
 
 
-def write_cards(folder: str | os.PathLike, repo_id: str | None = None) -> tuple[Path, Path]:
+def write_cards(
+    folder: str | os.PathLike, repo_id: str | None = None, base_model_id: str | None = None
+) -> tuple[Path, Path]:
     """Write the model card (``README.md``) and the report card (``report.md``) into the run folder atomically."""
     folder = Path(folder)
-    card = render_model_card(folder, repo_id=repo_id)
+    card = render_model_card(folder, repo_id=repo_id, base_model_id=base_model_id)
     readme = folder / "README.md"
     atomic_write_text(readme, str(card))
     return readme, write_report(folder)

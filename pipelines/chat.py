@@ -15,10 +15,12 @@ Reads lines from stdin, so it also works piped (``echo hello | gpt-scratch chat 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from .errors import UserError
 from .prompts import ALPACA_STOP_STRINGS, BOT_PREFIX, STOP_STRINGS, render_transcript
+from .textin import read_line
 
 EXIT_COMMANDS = ("/exit", "/quit")
 
@@ -49,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def _check(args) -> None:
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
-    if args.temperature < 0:
-        raise UserError(f"--temperature {args.temperature:g} must be 0 (greedy) or more")
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):  # NaN and infinity too
+        raise UserError(f"--temperature {args.temperature:g} must be 0 (greedy) or a positive, finite value")
     if not 0 < args.top_p <= 1:
         raise UserError(f"--top-p {args.top_p:g} must be in (0, 1]")
     if args.top_k is not None and args.top_k < 1:
@@ -73,12 +75,14 @@ def run(args: argparse.Namespace) -> int:
 
     history: list[dict] = []
     out = sys.stdout
+    lineno = 0
     while True:
+        lineno += 1
         try:
             if interactive:
                 out.write("You: ")
                 out.flush()
-            line = sys.stdin.readline()
+            line = read_line(sys.stdin, lineno)  # not UTF-8: one line naming the input line
         except KeyboardInterrupt:
             out.write("\n")
             break

@@ -64,10 +64,19 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (a ``UserError``) instead of the usage text plus a line."""
+
+    def error(self, message):
+        from .errors import UserError
+
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser(workflow: str):
     module_name, add_name, run_name, help_text = WORKFLOWS[workflow]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"gpt-scratch {workflow}", description=help_text)
+    parser = _Parser(prog=f"gpt-scratch {workflow}", description=help_text)
     getattr(module, add_name)(parser)
     return parser, getattr(module, run_name)
 
@@ -85,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workflow, rest = argv[0], argv[1:]
     try:
+        from .textin import check_argv
+
+        check_argv(rest)  # undecodable bytes in an argument: one line here, not a TypeError deep inside
         parser, run = build_parser(workflow)
         args = parser.parse_args(rest)
         result = run(args)

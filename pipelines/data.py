@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, describe_type
 from .fast_bpe import FastBPE
 from .fsutil import atomic_dir, atomic_write_json
 from .losses import IGNORE_INDEX
@@ -163,7 +163,7 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UserError(
-                f"{path}: record index {index} (line {lineno}) is not valid JSON ({exc.msg} at column {exc.colno}); "
+                f"{path}: record index {index} (line {lineno}) is not valid JSON ({_json_msg(exc.msg)} at column {exc.colno}); "
                 "each line must hold one JSON object"
             ) from None
         yield f"record index {index} (line {lineno})", record
@@ -188,7 +188,7 @@ def _find_bad_list_record(text: str) -> tuple[int, int, str] | None:
         try:
             _, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            return index, exc.pos, exc.msg
+            return index, exc.pos, _json_msg(exc.msg)
         end = space.match(text, pos).end()
         if text[end : end + 1] == "]":
             return None
@@ -196,6 +196,12 @@ def _find_bad_list_record(text: str) -> tuple[int, int, str] | None:
             return index + 1, end, f"expected ',' or ']' between it and record index {index}"
         pos = space.match(text, end + 1).end()
         index += 1
+
+
+def _json_msg(msg: str) -> str:
+    """json's message without its dangling 'at' ('Unterminated string starting at'), which our text follows with
+    'at line L, column C'."""
+    return msg[:-3] if msg.endswith(" at") else msg
 
 
 def _line_col(text: str, pos: int) -> tuple[int, int]:
@@ -209,7 +215,7 @@ def _json_list_records(path: Path, text: str) -> Iterator[tuple[str, object]]:
     except json.JSONDecodeError as exc:
         bad = _find_bad_list_record(text)
         if bad is None:
-            raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+            raise UserError(f"{path} is not valid JSON ({_json_msg(exc.msg)} at line {exc.lineno}, column {exc.colno})") from None
         index, pos, msg = bad
         line, col = _line_col(text, pos)
         raise UserError(
@@ -382,7 +388,7 @@ def _record_documents(source: str, records: Iterator[tuple[str, object]], text_c
     for where, record in records:
         value = _get_field(source, where, _require_object(source, where, record), text_column, "--text-column")
         if value is not None and not isinstance(value, str):
-            raise UserError(f"{source}: {where} column '{text_column}' holds a {type(value).__name__}, not text")
+            raise UserError(f"{source}: {where} column '{text_column}' holds {describe_type(value)}, not text")
         yield value or ""
 
 
@@ -747,7 +753,7 @@ def _as_tokens(tokens):
 def _too_short(n_tokens: int, needed: int, what: str) -> UserError:
     return UserError(
         f"corpus shorter than one context: {what} has {n_tokens} tokens but needs at least {needed}; "
-        "give more text or a shorter context length (--max-length)"
+        "give more text or a shorter context (--context-length)"
     )
 
 
@@ -1020,7 +1026,7 @@ def read_labeled_table(
         text = _get_field(source, where, record, text_key, "--text-column")
         label = _get_field(source, where, record, label_key, "--label-column")
         if not isinstance(text, str):
-            raise UserError(f"{source}: {where} column '{text_key}' holds a {type(text).__name__}, not text")
+            raise UserError(f"{source}: {where} column '{text_key}' holds {describe_type(text)}, not text")
         if not text.strip():
             raise UserError(
                 f"{source}: {where} has an empty text in column '{text_key}'; fill it in or remove the record"
@@ -1107,7 +1113,7 @@ def read_instructions(path_or_hub: str | os.PathLike) -> list[dict]:
             if value is None:
                 raise UserError(f"{source}: {where} has no '{field}'; every record needs 'instruction' and 'output'")
             if not isinstance(value, str):
-                raise UserError(f"{source}: {where} field '{field}' holds a {type(value).__name__}, not text")
+                raise UserError(f"{source}: {where} field '{field}' holds {describe_type(value)}, not text")
             item[field] = value
         out.append(item)
     if not out:

@@ -76,7 +76,9 @@ def add_arguments(parser) -> None:
 
 
 def _is_classifier(config: dict) -> bool:
-    return any("SequenceClassification" in str(a) for a in config.get("architectures") or [])
+    from .folders import architecture_kind
+
+    return architecture_kind(config) == "classifier"
 
 
 def _device():
@@ -357,14 +359,12 @@ def _task(args, config: dict) -> str:
 
 def run(args) -> int:
     from .fsutil import atomic_write_json
-    from .generate import check_model_folder
+    from .folders import check_model_folder, read_config
 
     _check_numbers(args)
-    folder = check_model_folder(args.model)
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"--model {folder}: config.json is not valid JSON ({exc})") from None
+    # a classifier or a causal LM (not an adapter, a bare transformer or a GPT-2 folder); config.json checked
+    folder = check_model_folder(args.model, accept=("causal-lm", "classifier"))
+    config = read_config(folder)
     task = _task(args, config)
     _check_flags_apply(args, task)
     if task in ("classifier", "text") and not args.data:

@@ -63,6 +63,10 @@ def load_plan(path: str, out_override: str | None = None) -> dict:
     for name, values in runs.items():
         values.pop("out", None)
         config_schema.check_keys(values, PretrainConfig, f"'{path}' (run '{name}')")
+        try:  # every run's settings checked (ranges, choices) before the first one starts
+            config_schema.build_config(PretrainConfig, values, f"'{path}' (run '{name}')")
+        except UserError as exc:
+            raise UserError(f"'{path}' (run '{name}'): {exc}") from None
     changes = {name: {k: v for k, v in values.items() if runs["baseline"].get(k) != v} for name, values in runs.items()}
     return {"out": Path(out_override or plan.get("out") or "runs/experiments"), "runs": runs, "changes": changes}
 

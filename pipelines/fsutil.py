@@ -85,8 +85,10 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = True):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def publish_files(src_dir: str | os.PathLike, dest_dir: str | os.PathLike) -> None:
-    """Move every file of ``src_dir`` into ``dest_dir`` (each by an atomic rename), keeping other files there."""
+def publish_files(src_dir: str | os.PathLike, dest_dir: str | os.PathLike, after_each=None) -> None:
+    """Move every file of ``src_dir`` into ``dest_dir`` (each by an atomic rename), keeping other files there.
+
+    ``after_each()`` is called after each move (the test-only fault hook uses it)."""
     src_dir, dest_dir = Path(src_dir), Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     for item in sorted(src_dir.iterdir()):
@@ -97,4 +99,6 @@ def publish_files(src_dir: str | os.PathLike, dest_dir: str | os.PathLike) -> No
             os.replace(item, target)
         else:
             os.replace(item, target)
+        if after_each is not None:
+            after_each()
     _fsync_dir(dest_dir)

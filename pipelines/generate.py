@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 from pathlib import Path
 
 from pipelines.errors import UserError
+from pipelines.folders import TOKENIZER_FILES, WEIGHT_FILES  # noqa: F401  (re-exported; defined there)
 
-WEIGHT_FILES = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
-)
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 DEFAULT_MAX_NEW_TOKENS = 100
 
 
@@ -38,43 +36,20 @@ def quiet_hf():
             hf_logging.enable_progress_bar()
 
 
-def check_model_folder(model_dir, need_tokenizer: bool = True) -> Path:
-    """Fail with one line unless ``model_dir`` is a folder with a config, weights and (optionally) a tokenizer."""
-    folder = Path(model_dir).expanduser()
-    if not folder.exists():
-        raise UserError(f"--model {folder} does not exist: pass a model folder (e.g. the --out of pretrain or convert)")
-    if not folder.is_dir():
-        raise UserError(
-            f"--model {folder} is a file: pass the model folder that holds config.json and model.safetensors"
-        )
-    missing = []
-    if not (folder / "config.json").is_file():
-        missing.append("config.json")
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        missing.append("weights (model.safetensors)")
-    if need_tokenizer and not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        missing.append("a tokenizer (tokenizer.json)")
-    if missing:
-        raise UserError(f"--model {folder} is not a complete model folder: it has no {' and no '.join(missing)}")
-    return folder
+def check_model_folder(model_dir, need_tokenizer: bool = True, flag: str = "--model", accept=None) -> Path:
+    """Fail with one line unless ``model_dir`` is a folder with a config, weights and (optionally) a tokenizer (and,
+    with ``accept``, of one of those kinds); see :func:`pipelines.folders.check_model_folder`."""
+    from .folders import check_model_folder as check
+
+    return check(model_dir, need_tokenizer=need_tokenizer, flag=flag, accept=accept)
 
 
 def load_model_and_tokenizer(model_dir, device=None):
-    """The model (eval mode, on ``device`` if given) and tokenizer of a folder, pad = end-of-text."""
-    from transformers import AutoModelForCausalLM
+    """The causal LM (eval mode, on ``device`` if given) and tokenizer of a folder, pad = end-of-text; a folder of
+    another kind (a classifier, an adapter) or with unreadable files is a one-line ``UserError``."""
+    from .folders import load_causal_lm
 
-    from modeling_gpt_scratch.tokenization import load_tokenizer
-
-    folder = check_model_folder(model_dir)
-    tokenizer = load_tokenizer(str(folder))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the model in {folder}: {err}") from err
-    if device is not None:
-        model.to(device)
-    model.eval()
-    return model, tokenizer
+    return load_causal_lm(model_dir, device)
 
 
 def load_model(folder, device: str | None = None):
@@ -103,8 +78,10 @@ def generate_text(
     decodes greedily; ``max_new_tokens`` (default 100) is cut to what fits in the context."""
     from .engine import Engine
 
-    if temperature < 0:
-        raise UserError(f"--temperature {temperature} is negative: use 0 for greedy decoding or a positive value")
+    if not (temperature >= 0 and math.isfinite(temperature)):  # NaN and infinity too
+        raise UserError(
+            f"--temperature {temperature} is not allowed: use 0 for greedy decoding or a positive, finite value"
+        )
     if top_k is not None and top_k < 0:
         raise UserError(f"--top-k {top_k} is negative: use 0 to turn it off or a positive count")
     if top_p is not None and not 0 < top_p <= 1:

@@ -25,6 +25,11 @@ and decoded greedily until end-of-text.
 
 The book's fine-tuning settings are the defaults: AdamW, learning rate 5e-5, weight decay 0.1, 2 epochs of batches
 of 8, a constant learning rate.
+
+With ``--lora-rank R`` every base weight is frozen and rank-R LoRA adapters on the blocks' Linears are trained instead
+(``pipelines.lora``, through PEFT; the language-model head stays tied to the frozen embeddings).  The run folder is
+then a PEFT adapter folder, which ``respond`` opens (base + adapter); ``--merge`` also writes ``merged/``, a full model
+folder for every other workflow.
 """
 
 from __future__ import annotations
@@ -41,8 +46,10 @@ import torch
 from modeling_gpt_scratch.convert import make_generation_config
 
 from . import config as config_schema
+from . import lora
 from .errors import UserError
 from .fsutil import atomic_write_json
+from .runfolder import claims_out_dir
 from .train_loop import TrainConfig, Trainer, latest_checkpoint, plot_history
 
 SPLIT_FRACTIONS = (0.85, 0.05, 0.10)  # train / validation / test, as in the book
@@ -51,7 +58,7 @@ RESPONSE_MARKER = "### Response:"
 
 
 @dataclass
-class InstructConfig(TrainConfig):
+class InstructConfig(lora.LoraOptions, TrainConfig):
     """An instruction fine-tune: the loop's settings (with the book's chapter-7 defaults) plus data and model."""
 
     model: str | None = field(default=None, metadata={"help": "base model folder (a causal LM run folder)"})
@@ -62,11 +69,19 @@ class InstructConfig(TrainConfig):
     mask_prompt: bool = field(
         default=False, metadata={"help": "learn only the response: ignore the targets of the prompt tokens"}
     )
-    max_length: int = field(default=0, metadata={"help": "cut training sequences to N tokens (0: the model's context)"})
-    val_fraction: float = field(default=SPLIT_FRACTIONS[1], metadata={"help": "share of records for validation"})
-    test_fraction: float = field(default=SPLIT_FRACTIONS[2], metadata={"help": "share of records for the test split"})
-    sample_count: int = field(default=3, metadata={"help": "validation instructions answered at each evaluation"})
-    sample_tokens: int = field(default=48, metadata={"help": "tokens per sample answer"})
+    max_length: int = field(
+        default=0, metadata={"help": "cut training sequences to N tokens (0: the model's context)", "min": 0}
+    )
+    val_fraction: float = field(
+        default=SPLIT_FRACTIONS[1], metadata={"help": "share of records for validation", "above": 0, "below": 1}
+    )
+    test_fraction: float = field(
+        default=SPLIT_FRACTIONS[2], metadata={"help": "share of records for the test split", "min": 0, "below": 1}
+    )
+    sample_count: int = field(
+        default=3, metadata={"help": "validation instructions answered at each evaluation", "min": 0}
+    )
+    sample_tokens: int = field(default=48, metadata={"help": "tokens per sample answer", "min": 1})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --out"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
     # the book's chapter-7 settings in place of the pretraining defaults
@@ -80,7 +95,8 @@ class InstructConfig(TrainConfig):
     )
     adam_beta2: float = 0.999
     eval_every: int = field(
-        default=-1, metadata={"help": "evaluate every N steps (-1: about every quarter epoch; 0: only at the end)"}
+        default=-1,
+        metadata={"help": "evaluate every N steps (-1: about every quarter epoch; 0: only at the end)", "min": -1},
     )
     log_every: int = field(default=5, metadata={"help": "log every N steps"})
 
@@ -247,6 +263,7 @@ def resolve_config(args) -> InstructConfig:
         raise UserError(f"--max-length {cfg.max_length} is negative: give a token count, or 0 for the model's context")
     if cfg.sample_count < 0 or cfg.sample_tokens < 1:
         raise UserError("--sample-count must be >= 0 and --sample-tokens >= 1")
+    lora.check_options(cfg)
     return cfg
 
 
@@ -255,25 +272,15 @@ def load_base_model(model_dir: str):
     from modeling_gpt_scratch import GPTScratchForCausalLM
     from modeling_gpt_scratch.tokenization import load_tokenizer
 
-    from .generate import check_model_folder
+    from .folders import check_model_folder, loading_weights
 
-    folder = check_model_folder(model_dir)
-    try:
-        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"--model {folder}: config.json cannot be read ({exc})") from None
-    if model_type != "gpt_scratch":
-        raise UserError(
-            f"--model {folder} holds a '{model_type}' model, not gpt_scratch: import it first with "
-            "`gpt-scratch convert --from hf-gpt2 --src ... --out DIR`"
-        )
+    # a causal LM of ours: a classifier, a bare transformer, an adapter or a GPT-2 folder is one line saying so
+    folder = check_model_folder(model_dir, accept=("causal-lm",))
     tokenizer = load_tokenizer(str(folder))
     if tokenizer.eos_token_id is None:
         raise UserError(f"the tokenizer in {folder} has no end-of-text (eos) token, which marks the end of an answer")
-    try:
+    with loading_weights(folder):  # a file cut short: one line naming it
         model = GPTScratchForCausalLM.from_pretrained(str(folder))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load the model in {folder}: {exc}") from None
     return model, tokenizer
 
 
@@ -296,6 +303,7 @@ def finetune_main(args) -> int:
     return finetune(resolve_config(args))
 
 
+@claims_out_dir
 def finetune(cfg: InstructConfig) -> int:
     from accelerate.utils import set_seed
 
@@ -303,21 +311,29 @@ def finetune(cfg: InstructConfig) -> int:
     from .generate import check_model_folder
     from .losses import lm_loss
     from .prompts import ALPACA_CHAT_TEMPLATE, format_alpaca
-    from .runfolder import prepare_out_dir, save_run_config, write_model_folder
+    from .runfolder import check_out_dir, prepare_out_dir, save_run_config, write_model_folder
     from .train_loop import make_accelerator
 
     out = Path(cfg.out)
     # everything a user can get wrong is checked before anything is written (or removed)
-    if cfg.resume and latest_checkpoint(out) is None or (
-        not cfg.resume and not cfg.overwrite and out.is_dir() and any(out.iterdir())
-    ):
-        prepare_out_dir(out, cfg.resume, cfg.overwrite)  # raises the one-line error for this case, touching nothing
+    check_out_dir(out, cfg.resume, cfg.overwrite, cfg.take_over_lock)  # the one-line error, touching nothing
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a folder for the run")
-    check_model_folder(cfg.model)
+    if lora.is_adapter_folder(cfg.model):
+        raise UserError(
+            f"--model {cfg.model} is a LoRA adapter folder, not a base model: pass the base it was trained on (its "
+            "adapter_config.json names it), or its merged/ folder"
+        )
+    check_model_folder(cfg.model, accept=("causal-lm",))  # not a classifier, a bare transformer, a GPT-2 folder
     records = read_instructions(cfg.data)
     splits = split_instructions(records, cfg.seed, cfg.val_fraction, cfg.test_fraction)
     model, tokenizer = load_base_model(cfg.model)
+    n_params = sum(p.numel() for p in model.parameters())
+    if lora.enabled(cfg):
+        model = lora.add_adapters(model, cfg, "causal")
+        n_trainable, trained = lora.trainable_parameters(model), lora.describe(cfg, classifier=False)
+    else:
+        n_trainable, trained = n_params, "all"
     context = model.config.max_position_embeddings
     max_length = cfg.max_length or context
     if max_length > context:
@@ -335,7 +351,7 @@ def finetune(cfg: InstructConfig) -> int:
         )
 
     if accelerator.is_main_process:
-        prepare_out_dir(out, cfg.resume, cfg.overwrite)
+        prepare_out_dir(out, cfg.resume, cfg.overwrite, cfg.take_over_lock)
         save_splits(out, splits, cfg.resume)
     accelerator.wait_for_everyone()
     resume_from = latest_checkpoint(out) if cfg.resume else None
@@ -349,6 +365,9 @@ def finetune(cfg: InstructConfig) -> int:
     run_config = {
         **dataclasses.asdict(cfg),
         "base_model": cfg.model,
+        "trainable": trained,
+        "trainable_parameters": n_trainable,
+        "trainable_percent": round(100 * n_trainable / n_params, 4),
         "max_length": max_length,
         "records": {name: len(part) for name, part in splits.items()},
         "model_config": model.config.to_diff_dict(),
@@ -364,7 +383,7 @@ def finetune(cfg: InstructConfig) -> int:
         if not sample_records:
             return
         answers = generate_responses(
-            accelerator.unwrap_model(trainer.model), tokenizer, sample_records,
+            lora.inner_model(accelerator.unwrap_model(trainer.model)), tokenizer, sample_records,
             batch_size=len(sample_records), max_new_tokens=cfg.sample_tokens,
         )
         for rec, answer in zip(sample_records, answers):
@@ -376,11 +395,11 @@ def finetune(cfg: InstructConfig) -> int:
             )
             trainer.log(f"sample @ step {record['step']}: {rec['instruction'][:60]!r} -> {answer[:120]!r}")
 
-    n_params = sum(p.numel() for p in model.parameters())
     accelerator.print(
         f"base model {cfg.model}: {n_params / 1e6:.2f}M parameters, context {context}; records "
         f"train {len(datasets['train'])} / val {len(datasets['val'])} / test {len(datasets['test'])}; "
-        f"max length {max_length}; {'response-only' if cfg.mask_prompt else 'prompt and response'} targets"
+        f"max length {max_length}; {'response-only' if cfg.mask_prompt else 'prompt and response'} targets; "
+        f"trainable ({trained}): {n_trainable:,} ({100 * n_trainable / n_params:.2f}% of {n_params:,})"
     )
     trainer = Trainer(
         model,
@@ -405,7 +424,8 @@ def finetune(cfg: InstructConfig) -> int:
         test = trainer.evaluate(datasets["test"])
         final.update(test_loss=test["loss"], test_perplexity=test["perplexity"])
     final.update(parameters=n_params, train_records=len(datasets["train"]), val_records=len(datasets["val"]),
-                 test_records=len(datasets["test"]))
+                 test_records=len(datasets["test"]), trainable=trained, trainable_parameters=n_trainable,
+                 trainable_percent=round(100 * n_trainable / n_params, 4))
     if accelerator.is_main_process:
         accelerator.print(
             f"done: val loss {final.get('initial_val_loss', math.nan):.4f} -> {final.get('val_loss', math.nan):.4f}, "
@@ -413,18 +433,27 @@ def finetune(cfg: InstructConfig) -> int:
         )
         plot_history(result.history, out / "plots" / "loss.png", "instruction fine-tuning loss")
         tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
-        write_model_folder(
-            out,
-            accelerator.unwrap_model(trainer.model),
-            tokenizer,
-            metrics={"final": final, "history": result.history},
-            run_config=run_config,
-            workflow="finetune-instruct",
-            generation_config=make_generation_config(
-                accelerator.unwrap_model(trainer.model).config, tokenizer.pad_token_id, do_sample=False, top_k=None
-            ),
-            samples=samples,
-        )
+        raw = accelerator.unwrap_model(trainer.model)
+        generation_config = make_generation_config(raw.config, tokenizer.pad_token_id, do_sample=False, top_k=None)
+        metrics = {"final": final, "history": result.history}
+        if lora.enabled(cfg):
+            base_ref = lora.base_reference(cfg.model, Path(cfg.model))
+            lora.write_adapter_folder(
+                out, raw, tokenizer, base_ref=base_ref, metrics=metrics, run_config=run_config,
+                workflow="finetune-instruct", generation_config=generation_config, samples=samples,
+            )
+            accelerator.print(f"LoRA adapter for {base_ref} written to {out}")
+            if cfg.merge:
+                merged_dir = lora.write_merged_folder(
+                    out, raw, tokenizer, metrics, run_config, "finetune-instruct",
+                    generation_config=generation_config, samples=samples,
+                )
+                accelerator.print(f"merged: {merged_dir} (a full model folder: generate, chat, serve, publish)")
+        else:
+            write_model_folder(
+                out, raw, tokenizer, metrics=metrics, run_config=run_config, workflow="finetune-instruct",
+                generation_config=generation_config, samples=samples,
+            )
         accelerator.print(
             f"run folder: {out} (test split: {out / 'splits' / 'test.json'}; answer it with "
             f"`gpt-scratch respond --model {out} --data {out / 'splits' / 'test.json'} --out responses.json`)"
@@ -439,7 +468,10 @@ def finetune(cfg: InstructConfig) -> int:
 
 
 def add_respond_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="instruction-tuned model folder (the --out of finetune-instruct)")
+    parser.add_argument(
+        "--model", required=True,
+        help="instruction-tuned model folder (the --out of finetune-instruct; a LoRA adapter folder too)",
+    )
     parser.add_argument("--data", required=True, help="instruction records to answer (JSON list or JSONL)")
     parser.add_argument("--out", required=True, help="JSON file to write: each record plus 'model_response'")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
@@ -462,7 +494,10 @@ def respond_main(args) -> int:
     if out.is_dir():
         raise UserError(f"--out {out} is a folder: give the path of the JSON file to write")
     records = read_instructions(args.data)
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    if lora.is_adapter_folder(args.model):
+        model, tokenizer = lora.load_adapter(args.model, "causal")
+    else:
+        model, tokenizer = load_model_and_tokenizer(args.model)
     if tokenizer.eos_token_id is None:
         raise UserError(f"the tokenizer in {args.model} has no end-of-text (eos) token to stop answers at")
     if torch.cuda.is_available():

@@ -32,7 +32,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, describe_type
 from .fsutil import atomic_write_json
 from .prompts import format_alpaca_instruction
 
@@ -116,13 +116,13 @@ def load_responses(path) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise UserError(f"{path} line {number} is not valid JSON ({err.msg}): fix or remove that line") from err
+                raise UserError(f"{path} line {number} is not valid JSON ({err.msg.removesuffix(' at')}, column {err.colno}): fix or remove that line") from err
     else:
         try:
             records = json.loads(text)
         except json.JSONDecodeError as err:
             raise UserError(
-                f"{path} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}): pass the JSON list "
+                f"{path} is not valid JSON ({err.msg.removesuffix(' at')} at line {err.lineno}, column {err.colno}): pass the JSON list "
                 "written by `gpt-scratch respond`"
             ) from err
     if not isinstance(records, list):
@@ -134,7 +134,7 @@ def load_responses(path) -> list[dict]:
         raise UserError(f"{path} holds no records: nothing to judge")
     for index, record in enumerate(records):
         if not isinstance(record, dict):
-            raise UserError(f"{path}: record {index} is a {type(record).__name__}, not an object with instruction, "
+            raise UserError(f"{path}: record {index} is {describe_type(record)}, not an object with instruction, "
                             "input, output and model_response")
         for field in REQUIRED_FIELDS:
             if field not in record:

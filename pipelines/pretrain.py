@@ -17,9 +17,17 @@ import torch
 from . import config as config_schema
 from .errors import UserError
 from .losses import lm_loss
+from .runfolder import claims_out_dir
 from .train_loop import TrainConfig, Trainer, latest_checkpoint, plot_history
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny-cpu.yaml"
+
+
+def _preset_names() -> list[str]:
+    """The model presets (read when a config is checked, so that ``--help`` does not import transformers)."""
+    from modeling_gpt_scratch.configuration_gpt_scratch import PRESETS
+
+    return list(PRESETS)
 
 
 @dataclass
@@ -28,17 +36,28 @@ class PretrainConfig(TrainConfig):
 
     data: str | None = field(default=None, metadata={"help": "text file/folder, JSONL/CSV, or Hub dataset id"})
     text_column: str = field(default="text", metadata={"help": "column holding the text in JSONL/CSV/Hub data"})
-    max_documents: int = field(default=0, metadata={"help": "read at most N documents (useful for Hub streams)"})
+    max_documents: int = field(
+        default=0, metadata={"help": "read at most N documents (useful for Hub streams; 0: all)", "min": 0}
+    )
     out: str = field(default="runs/pretrain", metadata={"help": "run folder (a loadable model folder at the end)"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder or Hub id; none: train one"})
-    vocab_size: int = field(default=4096, metadata={"help": "vocabulary of a tokenizer trained for this run"})
+    vocab_size: int = field(  # at least the 256 byte symbols + <|endoftext|> (tokenization.MIN_VOCAB_SIZE)
+        default=4096, metadata={"help": "vocabulary of a tokenizer trained for this run", "min": 257}
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "token-shard cache (default: <out>/cache)"})
-    preset: str = field(default="tiny", metadata={"help": "model preset: tiny, gpt2-small, gpt2-small-untied, ..."})
-    hidden_size: int = field(default=0, metadata={"help": "override the preset (0: keep)"})
-    num_hidden_layers: int = field(default=0, metadata={"help": "override the preset (0: keep)"})
-    num_attention_heads: int = field(default=0, metadata={"help": "override the preset (0: keep)"})
-    context_length: int = field(default=0, metadata={"help": "context / max_position_embeddings (0: keep)"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on embeddings, attention and residuals"})
+    preset: str = field(
+        default="tiny",
+        metadata={"help": "model preset: tiny, gpt2-small, gpt2-small-untied, ...", "choices": _preset_names},
+    )
+    hidden_size: int = field(default=0, metadata={"help": "override the preset (0: keep)", "min": 0})
+    num_hidden_layers: int = field(default=0, metadata={"help": "override the preset (0: keep)", "min": 0})
+    num_attention_heads: int = field(default=0, metadata={"help": "override the preset (0: keep)", "min": 0})
+    context_length: int = field(
+        default=0, metadata={"help": "context / max_position_embeddings (0: keep)", "min": 0}
+    )
+    dropout: float = field(
+        default=0.0, metadata={"help": "dropout on embeddings, attention and residuals", "min": 0, "below": 1}
+    )
     qkv_bias: bool = field(default=False, metadata={"help": "biases on the query/key/value projections"})
     tie_word_embeddings: bool = field(default=False, metadata={"help": "share input embedding and output head"})
     layout: str = field(
@@ -49,23 +68,38 @@ class PretrainConfig(TrainConfig):
             "cropped: one document per example, cropped to the context",
         },
     )
-    stride: int = field(default=0, metadata={"help": "sliding layout: window stride in tokens (0: the context)"})
-    val_fraction: float = field(default=0.05, metadata={"help": "share of tokens held out for validation"})
-    test_fraction: float = field(default=0.05, metadata={"help": "share of tokens held out for the final test"})
+    stride: int = field(
+        default=0, metadata={"help": "sliding layout: window stride in tokens (0: the context)", "min": 0}
+    )
+    val_fraction: float = field(
+        default=0.05, metadata={"help": "share of tokens held out for validation", "above": 0, "below": 1}
+    )
+    test_fraction: float = field(
+        default=0.05, metadata={"help": "share of tokens held out for the final test", "min": 0, "below": 1}
+    )
     sample_prompt: str = field(default="", metadata={"help": "prompt for the text samples at each evaluation"})
-    sample_tokens: int = field(default=48, metadata={"help": "tokens per sample"})
+    sample_tokens: int = field(default=48, metadata={"help": "tokens per sample (0: empty samples)", "min": 0})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --out"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])})")
-    config_schema.add_schema_arguments(parser, PretrainConfig, "pretraining settings (each is also a YAML key)")
+    shown = DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])
+    parser.add_argument("--config", help=f"YAML config (default: {shown}; its values are the defaults shown below)")
+    try:
+        defaults = config_schema.load_yaml(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else {}
+    except UserError:
+        defaults = {}
+    config_schema.add_schema_arguments(
+        parser, PretrainConfig, "pretraining settings (each is also a YAML key)", defaults=defaults,
+        defaults_source=str(shown),
+    )
 
 
 def resolve_config(args) -> PretrainConfig:
-    path = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None)
-    return config_schema.resolve(PretrainConfig, args, path)
+    """Defaults <- the default config file (without --config) or the --config file <- flags; all checked."""
+    default = str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
+    return config_schema.resolve(PretrainConfig, args, args.config, default_config=default)
 
 
 def build_model_config(cfg: PretrainConfig, tokenizer):
@@ -165,6 +199,23 @@ def run(args) -> int:
     return pretrain(cfg)
 
 
+def check_model_shape(cfg: PretrainConfig) -> None:
+    """The preset with its overrides must make a valid model (e.g. heads divide the width): said before any work."""
+    from modeling_gpt_scratch.configuration_gpt_scratch import PRESETS, GPTScratchConfig
+
+    if cfg.preset not in PRESETS:
+        raise UserError(f"unknown preset '{cfg.preset}': choose one of {', '.join(PRESETS)}")
+    overrides = {k: v for k, v in dict(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+                                        num_attention_heads=cfg.num_attention_heads,
+                                        max_position_embeddings=cfg.context_length).items() if v}
+    try:
+        GPTScratchConfig.from_preset(cfg.preset, **overrides, vocab_size=cfg.vocab_size, hidden_dropout=cfg.dropout,
+                                     attention_dropout=cfg.dropout, bos_token_id=None, eos_token_id=None)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+@claims_out_dir
 def pretrain(cfg: PretrainConfig) -> int:
     from accelerate.utils import set_seed
 
@@ -173,12 +224,16 @@ def pretrain(cfg: PretrainConfig) -> int:
     from .runfolder import prepare_out_dir, save_run_config, write_model_folder
     from .train_loop import make_accelerator
 
-    if cfg.val_fraction <= 0 or cfg.test_fraction < 0 or cfg.val_fraction + cfg.test_fraction >= 1:
-        raise UserError("val_fraction must be > 0, test_fraction >= 0, and together below 1")
+    if cfg.val_fraction + cfg.test_fraction >= 1:
+        raise UserError(
+            f"--val-fraction {cfg.val_fraction:g} and --test-fraction {cfg.test_fraction:g} leave nothing to train on: "
+            "together they must stay below 1"
+        )
+    check_model_shape(cfg)
     out = Path(cfg.out)
     accelerator = make_accelerator(cfg, out)
     if accelerator.is_main_process:
-        prepare_out_dir(out, cfg.resume, cfg.overwrite)
+        prepare_out_dir(out, cfg.resume, cfg.overwrite, cfg.take_over_lock)
     accelerator.wait_for_everyone()
     resume_from = latest_checkpoint(out) if cfg.resume else None
     set_seed(cfg.seed)
@@ -203,8 +258,14 @@ def pretrain(cfg: PretrainConfig) -> int:
         f"model: {cfg.preset} {n_params / 1e6:.2f}M parameters, context {context}; corpus {n_tokens:,} tokens "
         f"(train {len(datasets['train']):,} / val {len(datasets['val']):,} / test {len(datasets['test']):,} windows)"
     )
+    from .bpb import bpb_from_ratio, bytes_per_token
+
+    # UTF-8 bytes per token of each held-out split, measured once: bits per byte = loss / ln 2 / this ratio
+    byte_ratio = {n: bytes_per_token(tokenizer, d.tokens) for n, d in datasets.items() if n != "train" and len(d)}
 
     def on_eval(trainer, record):
+        if record.get("val_loss") is not None and "val" in byte_ratio:
+            record["val_bpb"] = bpb_from_ratio(record["val_loss"], byte_ratio["val"])
         text = sample_text(trainer.model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, cfg.seed)
         # kept in the trainer's notes, so a resumed run still lists the samples from before its checkpoint
         trainer.notes.setdefault("samples", []).append(
@@ -236,11 +297,16 @@ def pretrain(cfg: PretrainConfig) -> int:
     if len(datasets["test"]):
         test = trainer.evaluate(datasets["test"])
         final.update(test_loss=test["loss"], test_perplexity=test["perplexity"])
+    for name, ratio in byte_ratio.items():
+        final[f"{name}_bytes_per_token"] = ratio
+        if f"{name}_loss" in final:
+            final[f"{name}_bpb"] = bpb_from_ratio(final[f"{name}_loss"], ratio)
     final["parameters"] = n_params
     if accelerator.is_main_process:
         accelerator.print(
             f"done: val loss {final.get('initial_val_loss', math.nan):.4f} -> {final.get('val_loss', math.nan):.4f}, "
-            f"test loss {final.get('test_loss', math.nan):.4f} in {result.elapsed_s:.0f}s"
+            f"test loss {final.get('test_loss', math.nan):.4f} (val bpb {final.get('val_bpb', math.nan):.4f}, "
+            f"test bpb {final.get('test_bpb', math.nan):.4f}) in {result.elapsed_s:.0f}s"
         )
         plot_history(result.history, out / "plots" / "loss.png", "pretraining loss")
         from modeling_gpt_scratch.convert import make_generation_config

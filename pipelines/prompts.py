@@ -37,6 +37,8 @@ This module imports nothing heavy: the judge uses it without torch.
 
 from __future__ import annotations
 
+from .errors import describe_type
+
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
@@ -54,7 +56,7 @@ def _field(record, name: str, index=None) -> str:
         return ""
     if not isinstance(value, str):
         where = f"record {index}: " if index is not None else ""
-        raise TypeError(f"{where}field '{name}' is a {type(value).__name__}, not text")
+        raise TypeError(f"{where}field '{name}' is {describe_type(value)}, not text")
     return value
 
 

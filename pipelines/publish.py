@@ -15,6 +15,14 @@ Steps, in this order, and nothing is sent before the last one:
 6. ``create_repo`` (``exist_ok``), the branch for ``--revision`` if needed, and one ``upload_folder`` commit.
 
 ``--dry-run`` does steps 1-5 and prints the files that would be sent with their sizes.
+
+A LoRA adapter folder (the ``--out`` of a fine-tune with ``--lora-rank``, see ``pipelines.lora``) is published as an
+adapter: ``adapter_config.json`` and ``adapter_model.safetensors`` with the tokenizer, cards, metrics and run config,
+and an adapter card (``library_name: peft``, ``base_model``) that names the base.  The copy that is sent must name the
+base by its Hub id: the one the adapter already names, or ``--base-model-id`` when it names a local folder (publish
+that base first); the uploaded ``adapter_config.json`` carries that id, the local one keeps its path.  Step 5 then
+loads the base folder through remote code, applies the adapter with ``PeftModel.from_pretrained`` and runs it.  The
+``merged/`` folder of ``--merge`` is a full model folder and is published like any other.
 """
 
 from __future__ import annotations
@@ -31,19 +39,11 @@ import tempfile
 from pathlib import Path
 
 from .errors import UserError
+from .folders import CODE_FILES  # a model folder's file names: defined in pipelines.folders
+from .folders import TOKENIZER_SAVE_FILES as TOKENIZER_FILES
 
-CODE_FILES = ("configuration_gpt_scratch.py", "modeling_gpt_scratch.py")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 DOC_FILES = ("README.md", "report.md", "metrics.json", "run_config.yaml")
 PLOT_SUFFIXES = (".png", ".svg")
 SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
@@ -62,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="do every check and refresh the cards, but send nothing: list the files"
     )
+    parser.add_argument(
+        "--base-model-id", default=None, metavar="OWNER/NAME",
+        help="LoRA adapter folders only: the Hub id of the base model, when the adapter names a local base folder "
+        "(written into the uploaded adapter_config.json and the card)",
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -69,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def validate_repo_id(repo_id: str) -> str:
+def validate_repo_id(repo_id: str, flag: str = "--repo-id") -> str:
     """``USER/NAME``: letters, digits, ``-``, ``_``, ``.``; no ``--``/``..``; at most 96 characters."""
     repo_id = (repo_id or "").strip()
     problem = None
@@ -85,20 +90,66 @@ def validate_repo_id(repo_id: str) -> str:
     elif repo_id.endswith(".git"):
         problem = "it must not end with '.git'"
     if problem:
-        raise UserError(f"--repo-id '{repo_id}' is not a valid Hub model id: {problem}, e.g. --repo-id alice/gpt-tiny")
+        raise UserError(f"{flag} '{repo_id}' is not a valid Hub model id: {problem}, e.g. {flag} alice/gpt-tiny")
     return repo_id
 
 
 def model_kind(folder: Path) -> str:
-    """``"classifier"`` or ``"causal"``: which Auto class the folder is loaded with."""
-    from .cards import folder_kind
+    """``"classifier"`` or ``"causal"``: which Auto class the folder (or an adapter's base) is loaded with."""
+    from . import lora
+    from .folders import architecture_kind, is_adapter_folder
 
-    return "classifier" if folder_kind(folder) == "classifier" else "causal"
+    if is_adapter_folder(folder):
+        try:
+            return lora.adapter_kind(lora.read_adapter_config(folder))
+        except UserError:
+            pass
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    return "classifier" if isinstance(config, dict) and architecture_kind(config) == "classifier" else "causal"
+
+
+def adapter_missing_pieces(folder: Path) -> list[str]:
+    """What a publishable LoRA adapter folder lacks (empty list: complete)."""
+    from . import lora
+
+    missing: list[str] = []
+    config = {}
+    try:
+        config = json.loads((folder / lora.ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        missing.append("a readable adapter_config.json")
+    if not isinstance(config, dict):
+        config = {}
+        missing.append("a readable adapter_config.json")
+    elif config and str(config.get("peft_type", "")).upper() != "LORA":
+        missing.append("a LoRA adapter_config.json (peft_type LORA)")
+    elif config and not config.get("base_model_name_or_path"):
+        missing.append("base_model_name_or_path in adapter_config.json (the base model)")
+    if not (folder / lora.ADAPTER_WEIGHTS_FILE).is_file():
+        missing.append("adapter_model.safetensors (the adapter weights)")
+    has_tokenizer = (folder / "tokenizer.json").is_file() or (
+        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    )
+    if not has_tokenizer or not (folder / "tokenizer_config.json").is_file():
+        missing.append("the tokenizer (tokenizer.json and tokenizer_config.json)")
+    if config and lora.adapter_kind(config) == "classifier":
+        try:
+            lora.adapter_labels(folder)
+        except UserError:
+            missing.append("the label names ('labels' in run_config.yaml or metrics.json)")
+    return missing
 
 
 def missing_pieces(folder: str | os.PathLike) -> list[str]:
-    """What a complete, publishable model folder lacks (empty list: complete)."""
+    """What a complete, publishable model folder (or LoRA adapter folder) lacks (empty list: complete)."""
+    from . import lora
+
     folder = Path(folder)
+    if lora.is_adapter_folder(folder):
+        return adapter_missing_pieces(folder)
     missing: list[str] = []
     config_path = folder / "config.json"
     kind = "causal"
@@ -149,17 +200,66 @@ def check_folder(folder: str | os.PathLike) -> Path:
         raise UserError(f"--model '{folder}' is not a folder: pass the --out folder of a training run")
     missing = missing_pieces(folder)
     if missing:
+        from . import lora
+
+        what = "LoRA adapter folder" if lora.is_adapter_folder(folder) else "model folder"
         raise UserError(
-            f"'{folder}' is not a complete model folder; missing: {'; '.join(missing)}. "
+            f"'{folder}' is not a complete {what}; missing: {'; '.join(missing)}. "
             "Publish the --out folder of a finished training run (or re-save the model with save_pretrained)"
         )
     return folder
 
 
+def adapter_base(folder: Path, base_model_id: str | None) -> tuple[str, Path]:
+    """``(Hub id the published adapter names, local base folder to verify with)`` for a LoRA adapter folder."""
+    from . import lora
+    from .cards import looks_like_hub_id
+
+    config = lora.read_adapter_config(folder)
+    named = str(config["base_model_name_or_path"])
+    named_hub = looks_like_hub_id(named)
+    if base_model_id is not None:
+        base_model_id = validate_repo_id(base_model_id, flag="--base-model-id")
+        if named_hub and named != base_model_id:
+            raise UserError(
+                f"--base-model-id {base_model_id} conflicts with the base the adapter was trained on, {named} (its "
+                "adapter_config.json): drop --base-model-id, or publish an adapter trained on that base"
+            )
+    elif not named_hub:
+        raise UserError(
+            f"'{folder}' is a LoRA adapter for the local base folder {named}; the Hub copy must name the base by its "
+            f"Hub id: publish the base first (gpt-scratch publish --model {named} --repo-id USER/BASE), then pass "
+            "--base-model-id USER/BASE"
+        )
+    base_dir = lora.resolve_base(folder, config)
+    missing = missing_pieces(base_dir)
+    if missing:
+        raise UserError(
+            f"the adapter's base folder {base_dir} is not a complete model folder (missing: {'; '.join(missing)}), "
+            "so the adapter cannot be checked on it: restore the base folder"
+        )
+    return base_model_id or named, base_dir
+
+
+def stage_adapter(folder: Path, files: list[str], base_id: str, staging: Path) -> Path:
+    """A copy of exactly ``files`` in ``staging``, whose ``adapter_config.json`` names the base by ``base_id``."""
+    from . import lora
+
+    for rel in files:
+        target = staging / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(folder / rel, target)
+    path = staging / lora.ADAPTER_CONFIG_FILE
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base_id
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return staging
+
+
 def files_to_upload(folder: str | os.PathLike) -> list[str]:
     """Relative paths of exactly the files that are sent: model, code, tokenizer, cards, metrics, config, plots."""
     folder = Path(folder)
-    names = set(MODEL_FILES) | set(CODE_FILES) | set(TOKENIZER_FILES) | set(DOC_FILES)
+    names = set(MODEL_FILES) | set(ADAPTER_FILES) | set(CODE_FILES) | set(TOKENIZER_FILES) | set(DOC_FILES)
     chosen = [
         p.name
         for p in folder.iterdir()
@@ -239,6 +339,49 @@ print("GPT_SCRATCH_VERIFY " + json.dumps(result))
 """
 
 
+# The same clean interpreter for a LoRA adapter: the base folder through remote code, then the adapter through PEFT.
+VERIFY_ADAPTER_SCRIPT = r"""
+import json, sys
+sys.modules["modeling_gpt_scratch"] = None
+sys.modules["pipelines"] = None
+folder, kind, base, labels = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+import torch
+from peft import PeftModel
+from transformers import AutoTokenizer
+torch.manual_seed(0)
+if kind == "classifier":
+    from transformers import AutoModelForSequenceClassification as Auto
+    extra = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                 label2id={name: i for i, name in enumerate(labels)})
+else:
+    from transformers import AutoModelForCausalLM as Auto
+    extra = {}
+base_model = Auto.from_pretrained(base, trust_remote_code=True, **extra)
+if not type(base_model).__module__.startswith("transformers_modules"):
+    raise RuntimeError(f"{type(base_model).__name__} came from {type(base_model).__module__}, not the base's code")
+model = PeftModel.from_pretrained(base_model, folder).eval()
+tokenizer = AutoTokenizer.from_pretrained(folder)
+with open(folder + "/adapter_config.json", encoding="utf-8") as f:
+    named = json.load(f)["base_model_name_or_path"]
+result = {"model_class": type(base_model).__name__, "adapter_class": type(model).__name__, "base": named}
+texts = ["Congratulations, you won a free prize! Call now.", "Are we still meeting for lunch tomorrow?"]
+with torch.no_grad():
+    if kind == "classifier":
+        model.config.pad_token_id = tokenizer.pad_token_id
+        enc = tokenizer(texts, padding=True, return_tensors="pt")
+        predictions = [labels[int(i)] for i in model(**enc).logits.argmax(-1)]
+        result["predictions"] = predictions
+    else:
+        enc = tokenizer("Every effort moves you", return_tensors="pt")
+        out = model.generate(**enc, max_new_tokens=4, do_sample=False)
+        new = out[0, enc["input_ids"].shape[1]:]
+        if new.numel() == 0:
+            raise RuntimeError("generate produced no new tokens")
+        result["generated"] = tokenizer.decode(new)
+print("GPT_SCRATCH_VERIFY " + json.dumps(result))
+"""
+
+
 def _last_error_line(stderr: str) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     for line in reversed(lines):
@@ -248,9 +391,13 @@ def _last_error_line(stderr: str) -> str:
 
 
 def verify_remote_code(
-    folder: str | os.PathLike, files: list[str], kind: str, timeout: float = VERIFY_TIMEOUT_S
+    folder: str | os.PathLike, files: list[str], kind: str, timeout: float = VERIFY_TIMEOUT_S,
+    base: str | os.PathLike | None = None, labels: list[str] | None = None,
 ) -> dict:
-    """Load exactly ``files`` of ``folder`` in a clean interpreter through remote code, and run the model once."""
+    """Load exactly ``files`` of ``folder`` in a clean interpreter through remote code, and run the model once.
+
+    With ``base`` (a local model folder), ``folder`` is a LoRA adapter: the base is loaded through remote code and
+    the adapter applied with ``PeftModel.from_pretrained`` (``labels``: a classifier's label names)."""
     from .cards import redact
 
     folder = Path(folder).resolve()
@@ -280,7 +427,10 @@ def verify_remote_code(
         )
         try:
             proc = subprocess.run(
-                [sys.executable, "-I", "-c", VERIFY_SCRIPT, str(staged), kind],
+                [sys.executable, "-I", "-c", VERIFY_SCRIPT, str(staged), kind]
+                if base is None
+                else [sys.executable, "-I", "-c", VERIFY_ADAPTER_SCRIPT, str(staged), kind,
+                      str(Path(base).resolve()), json.dumps(labels or [])],
                 cwd=work,
                 env=env,
                 capture_output=True,
@@ -424,11 +574,21 @@ def _size(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import lora
     from .cards import folder_kind, write_cards
     from .runfolder import strip_local_files_only
 
     repo_id = validate_repo_id(args.repo_id)
     folder = check_folder(args.model)
+    is_adapter = lora.is_adapter_folder(folder)
+    base_model_id = getattr(args, "base_model_id", None)
+    if is_adapter:
+        base_id, base_dir = adapter_base(folder, base_model_id)
+    elif base_model_id is not None:
+        raise UserError(
+            f"--base-model-id is only for a LoRA adapter folder; '{folder}' is a full model folder (its weights "
+            "include the base): drop --base-model-id"
+        )
     try:
         token = get_hub_token()
     except UserError:
@@ -449,21 +609,44 @@ def run(args: argparse.Namespace) -> int:
         )
     kind = model_kind(folder)
 
-    write_cards(folder, repo_id=repo_id)
+    write_cards(folder, repo_id=repo_id, base_model_id=base_id if is_adapter else None)
     strip_local_files_only(folder)
-    print(f"checked: '{folder}' is a complete {folder_kind(folder)} model folder; refreshed README.md and report.md")
+    what = f"LoRA adapter folder (base: {base_id})" if is_adapter else "model folder"
+    print(f"checked: '{folder}' is a complete {folder_kind(folder)} {what}; refreshed README.md and report.md")
 
     files = files_to_upload(folder)
-    _check_no_token(folder, files, token)
-    result = verify_remote_code(folder, files, kind)
+    staging = Path(tempfile.mkdtemp(prefix="gpt-scratch-adapter-")) if is_adapter else None
+    try:
+        source = stage_adapter(folder, files, base_id, staging) if is_adapter else folder
+        return _check_verify_upload(args, repo_id, folder, source, files, kind, token,
+                                    base_dir if is_adapter else None)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_verify_upload(args, repo_id: str, folder: Path, source: Path, files: list[str], kind: str, token,
+                         base_dir: Path | None) -> int:
+    """Steps 4-6 on ``source`` (the folder, or the staged copy of an adapter folder)."""
+    from . import lora
+    from .cards import folder_kind
+
+    _check_no_token(source, files, token)
+    labels = lora.adapter_labels(folder) if base_dir is not None and kind == "classifier" else None
+    result = verify_remote_code(source, files, kind, base=base_dir, labels=labels)
     detail = (
         f"classified as {', '.join(result.get('predictions', []))}"
         if kind == "classifier"
         else f"generated {result.get('generated', '')[:60]!r}"
     )
-    print(f"verified: loads as {result.get('model_class')} through trust_remote_code in a clean Python; {detail}")
+    if base_dir is not None:
+        print(f"verified: the base loads as {result.get('model_class')} through trust_remote_code in a clean Python "
+              f"and the adapter on it through PEFT ({result.get('adapter_class')}; the copy sent names the base "
+              f"{result.get('base')}); {detail}")
+    else:
+        print(f"verified: loads as {result.get('model_class')} through trust_remote_code in a clean Python; {detail}")
 
-    sizes = {rel: (folder / rel).stat().st_size for rel in files}
+    sizes = {rel: (source / rel).stat().st_size for rel in files}
     where = f"'{repo_id}'" + (f" (branch '{args.revision}')" if args.revision else "")
     if args.dry_run:
         print(f"files that would be sent to {where} ({len(files)} files, {_size(sum(sizes.values()))}):")
@@ -475,19 +658,23 @@ def run(args: argparse.Namespace) -> int:
             print("note: no Hugging Face token found; a real publish needs `hf auth login` or HF_TOKEN")
         return 0
 
-    workflow = folder_kind(folder)
-    message = args.commit_message or f"Upload gpt-scratch {workflow} model ({len(files)} files)"
+    workflow = folder_kind(folder) + (" LoRA adapter" if base_dir is not None else " model")
+    message = args.commit_message or f"Upload gpt-scratch {workflow} ({len(files)} files)"
     print(f"uploading {len(files)} files ({_size(sum(sizes.values()))}) to {where} ...", flush=True)
     repo_url, commit = upload(
-        folder, files, repo_id, token, private=args.private, revision=args.revision, commit_message=message
+        source, files, repo_id, token, private=args.private, revision=args.revision, commit_message=message
     )
     commit_url = getattr(commit, "commit_url", None) or repo_url
     print(f"published: {repo_url} ({commit_url})")
-    print(
-        f'load it with AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True)'
-        if kind == "causal"
-        else f'load it with pipeline("text-classification", model="{repo_id}", trust_remote_code=True)'
-    )
+    if base_dir is not None:
+        print(f'load it with PeftModel.from_pretrained(base, "{repo_id}") on the base {result.get("base")} '
+              "(the card shows how)")
+    else:
+        print(
+            f'load it with AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True)'
+            if kind == "causal"
+            else f'load it with pipeline("text-classification", model="{repo_id}", trust_remote_code=True)'
+        )
     return 0
 
 

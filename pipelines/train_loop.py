@@ -43,36 +43,59 @@ from .fsutil import atomic_path, atomic_write_json
 class TrainConfig:
     """Settings of the training loop, shared by every training workflow (each is a YAML key and a --flag)."""
 
-    seed: int = field(default=1337, metadata={"help": "seed for initialisation, data order and dropout"})
-    max_steps: int = field(default=200, metadata={"help": "optimizer steps (ignored when epochs > 0)"})
-    epochs: float = field(default=0.0, metadata={"help": "train for this many passes over the training set"})
-    batch_size: int = field(default=8, metadata={"help": "micro-batch size per device"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    global_batch_tokens: int = field(
-        default=0, metadata={"help": "tokens per optimizer step over all devices; >0 sets the accumulation"}
+    # each field's rule ("min", "above", "range", "choices", ...) is checked by pipelines.config before a run starts
+    seed: int = field(
+        default=1337, metadata={"help": "seed for initialisation, data order and dropout", "range": (0, 2**32 - 1)}
     )
-    learning_rate: float = field(default=6e-4, metadata={"help": "peak learning rate"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine schedule ends at this fraction of the peak"})
+    max_steps: int = field(
+        default=200, metadata={"help": "optimizer steps (a --max-steps given wins over a default --epochs)", "min": 1}
+    )
+    epochs: float = field(
+        default=0.0,
+        metadata={"help": "train for this many passes over the training set (0: --max-steps decides)", "min": 0,
+                  "alternative_to": "max_steps", "off": 0},
+    )
+    batch_size: int = field(default=8, metadata={"help": "micro-batch size per device", "min": 1})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "micro-batches per optimizer step", "min": 1}
+    )
+    global_batch_tokens: int = field(
+        default=0, metadata={"help": "tokens per optimizer step over all devices; >0 sets the accumulation", "min": 0}
+    )
+    learning_rate: float = field(default=6e-4, metadata={"help": "peak learning rate", "above": 0})
+    min_lr_ratio: float = field(
+        default=0.1, metadata={"help": "cosine schedule ends at this fraction of the peak", "range": (0, 1)}
+    )
     lr_schedule: str = field(default="cosine", metadata={"choices": ["cosine", "constant"], "help": "after warmup"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warmup steps"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay, on matrices only"})
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm; 0 = off"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warmup steps", "min": 0})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay, on matrices only", "min": 0})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1", "min": 0, "below": 1})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2", "min": 0, "below": 1})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm; 0 = off", "min": 0})
     mixed_precision: str = field(
         default="auto", metadata={"choices": ["auto", "no", "bf16", "fp16"], "help": "auto: bf16 on a GPU that has it"}
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (falls back if it fails)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
-    eval_every: int = field(default=50, metadata={"help": "evaluate every N steps (0: only at the end)"})
-    eval_batches: int = field(default=0, metadata={"help": "batches per evaluation; 0 = the whole split"})
-    log_every: int = field(default=10, metadata={"help": "log every N steps"})
-    checkpoint_every: int = field(default=0, metadata={"help": "save a checkpoint every N steps; 0 = never"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "keep the newest K checkpoints"})
-    trackers: list[str] = field(
-        default_factory=list, metadata={"help": "Accelerate trackers: tensorboard, trackio, wandb, or 'all'"}
+    eval_every: int = field(default=50, metadata={"help": "evaluate every N steps (0: only at the end)", "min": 0})
+    eval_batches: int = field(default=0, metadata={"help": "batches per evaluation; 0 = the whole split", "min": 0})
+    log_every: int = field(default=10, metadata={"help": "log every N steps", "min": 1})
+    checkpoint_every: int = field(
+        default=0, metadata={"help": "save a checkpoint every N steps; 0 = never", "min": 0}
     )
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    keep_checkpoints: int = field(
+        default=2, metadata={"help": "keep the newest K checkpoints (the one just written always stays)", "min": 1}
+    )
+    trackers: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Accelerate trackers: tensorboard, trackio, wandb, or 'all'",
+                  "choices": ["tensorboard", "trackio", "wandb", "all"]},
+    )
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes", "min": 0})
+    take_over_lock: bool = field(
+        default=False,
+        metadata={"help": "use an --out whose lock was left by a run that is no longer running (killed or crashed)"},
+    )
 
 
 # Peak dense bf16 tensor throughput (FLOP/s) of common accelerators, from the vendors' data sheets.
@@ -203,6 +226,39 @@ class TrainResult:
     final: dict
     elapsed_s: float
     tokens_seen: int
+
+
+# ---- the test-only fault hook ----------------------------------------------------------------------------------
+# GPT_SCRATCH_FAULT=POINT:N[:ACTION] makes the process SIGKILL itself (ACTION "kill", the default) or hang until it
+# is killed ("hang") at the N-th time it reaches POINT -- for step, at the end of optimizer step N (after that step's
+# checkpoint).  Points: step, checkpoint-write (inside a checkpoint write: the state saved into the temporary
+# folder, not yet renamed into place), final-write (the final model folder staged, nothing published), final-publish
+# (after each file of the final folder is moved into place).  tests/test_faults.py uses it to interrupt a run at
+# exact moments; unset (always, outside the tests) it costs one dictionary lookup.
+FAULT_ENV = "GPT_SCRATCH_FAULT"
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(name: str, index: int | None = None) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    point, _, rest = spec.partition(":")
+    if point != name:
+        return
+    at, _, action = rest.partition(":")
+    if index is None:
+        index = _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if str(index) != at:
+        return
+    import signal
+    import sys
+
+    print(f"{FAULT_ENV}: {action or 'kill'} at {name} {index}", file=sys.stderr, flush=True)
+    if action == "hang":
+        while True:
+            time.sleep(60)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _checkpoints(folder: Path) -> list[Path]:
@@ -407,16 +463,23 @@ class Trainer:
         final = folder / f"step-{self.step}"
         tmp = folder / f".tmp-step-{self.step}"
         if self.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            # temporary folders of interrupted writes (this step's or an earlier one's) go: this run holds --out
+            for stale in folder.glob(".tmp-step-*") if folder.is_dir() else []:
+                shutil.rmtree(stale, ignore_errors=True)
             folder.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp), safe_serialization=True)
         if self.is_main:
+            fault_point("checkpoint-write")
             atomic_write_json(tmp / "trainer_state.json", self._state())
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            for old in _checkpoints(folder)[: -self.cfg.keep_checkpoints or None]:
+            keep = max(1, self.cfg.keep_checkpoints)  # never the one just written
+            for old in _checkpoints(folder)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
+            from .runfolder import checkpoint_written
+
+            checkpoint_written(self.out_dir)  # an --overwrite's old run is no longer needed
         acc.wait_for_everyone()
         return final
 
@@ -432,11 +495,30 @@ class Trainer:
         }
 
     def load_checkpoint(self, path: Path) -> None:
-        state_file = Path(path) / "trainer_state.json"
+        path = Path(path)
+        state_file = path / "trainer_state.json"
         if not state_file.is_file():
             raise UserError(f"checkpoint '{path}' is incomplete (no trainer_state.json): remove it and resume again")
-        self.accelerator.load_state(str(path))
-        state = json.loads(state_file.read_text())
+        damaged = (
+            "remove that folder to resume from the checkpoint before it (if any), or start over with --overwrite"
+        )
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+            if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+                raise ValueError("no step number")
+        except (OSError, ValueError) as exc:
+            raise UserError(f"checkpoint '{path}': trainer_state.json is damaged ({exc}): {damaged}") from None
+        rng = self._read_rng_state(path, damaged)
+        try:
+            self.accelerator.load_state(str(path))
+        except Exception as exc:  # a damaged weights, optimizer or sampler file: one line, not a traceback
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(f"checkpoint '{path}' cannot be loaded ({type(exc).__name__}: {text}): {damaged}") from None
+        if not torch.equal(torch.get_rng_state(), rng["torch_manual_seed"]):
+            raise UserError(
+                f"checkpoint '{path}': the random state in {self._rng_file(path).name} was not restored, so the "
+                f"resumed run would not be exact: {damaged}"
+            )
         if state.get("global_batch") not in (None, self.global_batch):
             raise UserError(
                 f"checkpoint '{path}' was trained with a global batch of {state['global_batch']} examples, this run "
@@ -447,6 +529,36 @@ class Trainer:
         self.history = state["history"]
         self.notes = state.get("notes", {})
         self.elapsed_before = state.get("elapsed_s", 0.0)
+
+    def _rng_file(self, path: Path) -> Path:
+        return Path(path) / f"random_states_{self.accelerator.process_index}.pkl"
+
+    def _read_rng_state(self, path: Path, damaged: str) -> dict:
+        """The random state a checkpoint saved for this rank, checked: Accelerate skips an unreadable one silently,
+        and the resumed run would then draw different dropout masks than the uninterrupted run."""
+        from accelerate.utils import load
+
+        file = self._rng_file(path)
+        if not file.is_file():
+            raise UserError(
+                f"checkpoint '{path}' has no {file.name} (the random state of rank {self.accelerator.process_index}), "
+                f"so the resumed run would not be exact: {damaged}"
+            )
+        try:
+            states = load(str(file))  # as Accelerate reads it: weights_only, never running code from the file
+            torch_state = states["torch_manual_seed"]
+            if not isinstance(torch_state, torch.Tensor) or torch_state.dtype != torch.uint8:
+                raise TypeError("torch_manual_seed is not a byte tensor")
+            import random
+
+            random.Random().setstate(states["random_state"])  # checks the Python state's shape without using it
+        except Exception as exc:  # anything unpickling a tampered file raises
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise UserError(
+                f"checkpoint '{path}': {file.name} (the saved random state) is damaged ({type(exc).__name__}: {text}), "
+                f"so the resumed run would not be exact: {damaged}"
+            ) from None
+        return states
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def _eval_point(self, train_loss: float | None) -> dict:
@@ -548,6 +660,8 @@ class Trainer:
             if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or at_end):
                 self.save_checkpoint()
                 window_start = time.time()
+            if self.is_main:
+                fault_point("step", self.step)
         bar.close()
 
         agree = self._ranks_agree()
@@ -587,7 +701,7 @@ class Trainer:
 
     def _log_eval(self, point: dict) -> None:
         parts = [f"step {point['step']}"]
-        for key in ("train_loss", "val_loss", "val_perplexity"):
+        for key in ("train_loss", "val_loss", "val_perplexity", "val_bpb"):
             if point.get(key) is not None:
                 parts.append(f"{key} {point[key]:.4f}")
         for key, value in point.items():

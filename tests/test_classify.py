@@ -242,7 +242,8 @@ def test_evaluate_cli_reports_accuracy(trained, tmp_path, capsys):
 
 def test_last_block_finetune_changes_only_the_last_block_norm_and_head(base_dir, toy_tsv, tmp_path):
     out = tmp_path / "lastblock"
-    assert main(finetune_args(base_dir, toy_tsv, out, "--epochs", "1", "--learning-rate", "1e-3")) == 0
+    rc = main(finetune_args(base_dir, toy_tsv, out, "--trainable", "last-block", "--epochs", "1", "--learning-rate", "1e-3"))
+    assert rc == 0
     base, tuned = load_file(base_dir / "model.safetensors"), load_file(out / "model.safetensors")
     trainable = (f"transformer.blocks.{LAYERS - 1}.", "transformer.final_norm.")
     for name, tensor in tuned.items():
@@ -252,6 +253,25 @@ def test_last_block_finetune_changes_only_the_last_block_norm_and_head(base_dir,
     final = json.loads((out / "metrics.json").read_text())["final"]
     block, head, final_norm = expected_counts()
     assert final["trainable"] == "last-block" and final["trainable_parameters"] == block + final_norm + head
+
+
+def test_defaults_are_the_measured_ones(base_dir, toy_tsv, tmp_path):
+    """The defaults chosen by the SMS sweep (BENCHMARKS.md, "Classifier defaults by measurement"): all layers, lr 5e-4,
+    5 epochs; a run without --trainable trains every parameter."""
+    import yaml
+
+    from pipelines.classify import ClassifyConfig, trainable_mode
+
+    cfg = ClassifyConfig()
+    assert (trainable_mode(cfg), cfg.learning_rate, cfg.epochs, cfg.lr_schedule) == ("all", 5e-4, 5.0, "constant")
+    assert cfg.trainable is None and cfg.lora_rank == 0
+    out = tmp_path / "defaults"
+    assert main(finetune_args(base_dir, toy_tsv, out, "--epochs", "1")) == 0
+    final = json.loads((out / "metrics.json").read_text())["final"]
+    assert final["trainable"] == "all" and final["trainable_parameters"] == final["parameters"]
+    assert final["trainable_percent"] == 100.0
+    run_config = yaml.safe_load((out / "run_config.yaml").read_text())
+    assert run_config["trainable"] == "all" and run_config["learning_rate"] == 5e-4
 
 
 # ---------------------------------------------------------------------------------------------------------------------

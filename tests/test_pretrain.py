@@ -133,7 +133,8 @@ def test_kill9_and_resume_is_bit_identical(corpus, tokenizer_dir, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "model.safetensors").exists(), "the killed run must not have finished"
 
-    proc = _run_cli(["pretrain", *flags(killed), "--resume"])
+    # the killed run left its lock: taking the folder over is explicit (tests/test_faults.py covers the refusal)
+    proc = _run_cli(["pretrain", *flags(killed), "--resume", "--take-over-lock"])
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     assert "resumed from" in output

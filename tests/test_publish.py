@@ -554,3 +554,183 @@ def test_save_pretrained_carries_the_code(tmp_path, head):
     assert auto_map["AutoConfig"] == "configuration_gpt_scratch.GPTScratchConfig"
     assert auto_map["AutoModelForCausalLM"].startswith("modeling_gpt_scratch.")
     assert auto_map["AutoModelForSequenceClassification"].startswith("modeling_gpt_scratch.")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# LoRA adapter folders (pipelines.lora): published as adapters that name their base by Hub id
+# ------------------------------------------------------------------------------------------------------------------
+
+# The adapter card's own usage snippet, in a clean interpreter that cannot import the installed model package.
+ADAPTER_CHECK = r"""
+import json, sys
+sys.modules["modeling_gpt_scratch"] = None
+kind, snippet = sys.argv[1], sys.argv[2]
+ns = {}
+exec(compile(open(snippet).read(), "card-usage-snippet", "exec"), ns)
+if kind == "classifier":
+    clf = ns["classifier"]
+    result = {"labels": [p["label"] for p in clf(["WIN a free prize now", "see you at lunch"])],
+              "module": type(clf.model).__module__}
+else:
+    result = {"new_tokens": int(ns["output"].shape[1] - ns["inputs"]["input_ids"].shape[1]),
+              "module": type(ns["model"]).__module__}
+print("RESULT " + json.dumps(result))
+"""
+
+
+def build_adapter_folder(path: Path, base: Path, kind: str = "classifier") -> Path:
+    """A LoRA adapter folder as `finetune-classifier/-instruct --lora-rank 2` writes it, with non-zero adapters."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from pipelines import lora
+    from pipelines.classify import ClassifyConfig, load_base_as_classifier
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    cfg = ClassifyConfig(lora_rank=2)
+    if kind == "classifier":
+        model = load_base_as_classifier(base, ["ham", "spam"])
+        metrics = {"final": {**CLASSIFIER_FINAL, "trainable_parameters": 1234}, "labels": ["ham", "spam"]}
+        run_config = {"labels": ["ham", "spam"], "base_model": str(base), "data": "/data/SMSSpamCollection.tsv",
+                      "lora_rank": 2, "trainable": "lora r=2 alpha=4 on qkv_proj,out_proj,fc_in,fc_out + score head"}
+        workflow = "finetune-classifier"
+    else:
+        from modeling_gpt_scratch import GPTScratchForCausalLM
+
+        model = GPTScratchForCausalLM.from_pretrained(base)
+        metrics = {"final": {"val_loss": 2.0, "test_loss": 2.1, "trainable_parameters": 1234}}
+        run_config = {"base_model": str(base), "data": "alice/tiny-instructions", "lora_rank": 2}
+        workflow = "finetune-instruct"
+    peft_model = lora.add_adapters(model, cfg, kind)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    lora.write_adapter_folder(path, peft_model, tokenizer, base_ref=str(base.resolve()), metrics=metrics,
+                              run_config=run_config, workflow=workflow)
+    (path / "checkpoints" / "step-10").mkdir(parents=True)  # clutter that is never sent
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["classifier", "causal"])
+def test_dry_run_lora_adapter(tmp_path, tokenizer_dir, capfd, monkeypatch, forbid_network, kind):
+    from huggingface_hub import ModelCard
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    base = build_run_folder(tmp_path / "base", tokenizer_dir)
+    folder = build_adapter_folder(tmp_path / "adapter", base, kind)
+    local_config = (folder / "adapter_config.json").read_text()
+    assert json.loads(local_config)["base_model_name_or_path"] == str(base.resolve())
+
+    # a base that is only a local folder cannot be named on the Hub: the id must be given
+    rc, out, err = publish(capfd, "--model", folder, "--repo-id", "alice/tiny-lora", "--dry-run")
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "local base folder" in err and "--base-model-id USER/BASE" in err
+
+    rc, out, err = publish(capfd, "--model", folder, "--repo-id", "alice/tiny-lora", "--dry-run",
+                           "--base-model-id", "alice/gpt-tiny-base")
+    assert rc == 0, err
+    assert "LoRA adapter folder (base: alice/gpt-tiny-base)" in out and "adapter on it through PEFT" in out
+    assert "names the base alice/gpt-tiny-base" in out
+    files = listed_files(out)
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md", "report.md",
+            "metrics.json", "run_config.yaml"} <= set(files)
+    assert not {"config.json", "model.safetensors", "modeling_gpt_scratch.py"} & set(files)
+    assert not [f for f in files if f.startswith("checkpoints")]
+    assert (folder / "adapter_config.json").read_text() == local_config  # the local folder keeps its base path
+
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "peft" and card.data.base_model == "alice/gpt-tiny-base"
+    assert {"peft", "lora", "gpt-scratch"} <= set(card.data.tags)
+    assert "holds an adapter, not a full model" in card.text and "rank-2" in card.text
+    assert "[`alice/gpt-tiny-base`](https://huggingface.co/alice/gpt-tiny-base)" in card.text
+    assert TOKEN not in out + err and TOKEN not in all_text(folder)
+
+    # the card's snippet, pointed at a copy of the sent files and at the base folder, runs in a clean Python
+    sent = tmp_path / "sent"
+    for rel in files:
+        (sent / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(folder / rel, sent / rel)
+    snippet = re.search(r"```python\n(.*?)\n```", card.text, re.S).group(1)
+    assert '"alice/tiny-lora"' in snippet and '"alice/gpt-tiny-base"' in snippet and "PeftModel" in snippet
+    snippet = snippet.replace('"alice/tiny-lora"', json.dumps(str(sent))).replace(
+        '"alice/gpt-tiny-base"', json.dumps(str(base)))
+    if kind == "causal":  # the Alpaca example prompt does not fit this test model's 64 positions
+        snippet = re.sub(r"prompt = \(\n.*?\n\)\n", 'prompt = "Every effort"\n', snippet, flags=re.S)
+    (tmp_path / "snippet.py").write_text(snippet)
+    (tmp_path / "work").mkdir()
+    proc = subprocess.run([sys.executable, "-I", "-c", ADAPTER_CHECK, kind, str(tmp_path / "snippet.py")],
+                          cwd=tmp_path / "work", env=clean_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert result["module"].startswith("transformers_modules"), result
+    if kind == "classifier":
+        assert set(result["labels"]) <= {"ham", "spam"} and len(result["labels"]) == 2
+    else:
+        assert result["new_tokens"] > 0
+
+
+@pytest.mark.slow
+def test_upload_of_an_adapter_sends_a_copy_naming_the_hub_base(tmp_path, tokenizer_dir, capfd, monkeypatch):
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi, constants
+
+    sent = {}
+
+    def upload_folder(self, **kwargs):
+        root = Path(kwargs["folder_path"])
+        sent["root"] = root
+        sent["config"] = json.loads((root / "adapter_config.json").read_text())
+        sent["patterns"] = sorted(kwargs["allow_patterns"])
+        return SimpleNamespace(commit_url="https://c/2")
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, *a, **k: "https://huggingface.co/alice/tiny-lora")
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    base = build_run_folder(tmp_path / "base", tokenizer_dir)
+    folder = build_adapter_folder(tmp_path / "adapter", base)
+    rc, out, err = publish(capfd, "--model", folder, "--repo-id", "alice/tiny-lora",
+                           "--base-model-id", "alice/gpt-tiny-base")
+    assert rc == 0, err
+    assert sent["root"] != folder and not sent["root"].exists()  # a staged copy, removed afterwards
+    assert sent["config"]["base_model_name_or_path"] == "alice/gpt-tiny-base"
+    assert sent["config"]["r"] == 2 and sent["config"]["task_type"] == "SEQ_CLS"
+    from pipelines.publish import files_to_upload
+
+    assert sent["patterns"] == files_to_upload(folder)
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base.resolve())
+    assert "published:" in out and "PeftModel.from_pretrained" in out
+
+
+def test_adapter_refusals(tmp_path, tokenizer_dir, capfd, monkeypatch, forbid_network):
+    import pipelines.publish as publish_module
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(publish_module.subprocess, "run", lambda *a, **k: pytest.fail("verification started"))
+    base = build_run_folder(tmp_path / "base", tokenizer_dir)
+    folder = build_adapter_folder(tmp_path / "adapter", base)
+
+    def one_line(*argv):
+        rc, out, err = publish(capfd, "--dry-run", "--repo-id", "alice/tiny-lora", *argv)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+        return lines[0]
+
+    # --base-model-id on a full model folder
+    assert "only for a LoRA adapter folder" in one_line("--model", base, "--base-model-id", "alice/x")
+    assert "--base-model-id 'alice/x y' is not a valid Hub model id" in one_line(
+        "--model", folder, "--base-model-id", "alice/x y")
+    # an adapter that names a Hub base: a different --base-model-id conflicts
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "bob/gpt-base"
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    assert "conflicts with the base the adapter was trained on, bob/gpt-base" in one_line(
+        "--model", folder, "--base-model-id", "alice/other")
+    # incomplete adapter folders
+    (folder / "adapter_model.safetensors").unlink()
+    assert "not a complete LoRA adapter folder" in one_line("--model", folder)
+    assert "adapter_model.safetensors (the adapter weights)" in one_line("--model", folder)
