@@ -75,7 +75,11 @@ def prepare(shape: str, work: Path) -> dict:
     return {
         "data": str(corpus),
         "tokenizer": str(tokenizer),
-        "args": ["--preset", "gpt2-small", "--context-length", "1024", "--tie-word-embeddings",
+        # every size explicit: the default config file (the demo's) sets hidden_size and the rest over the preset
+        "args": ["--preset", "gpt2-small", "--hidden-size", "768", "--num-hidden-layers", "12",
+                 "--num-attention-heads", "12", "--context-length", "1024",
+                 # the peer evaluates nothing: hold out only a sliver, so that our final val/test losses cost little
+                 "--val-fraction", "0.002", "--test-fraction", "0.002", "--tie-word-embeddings",
                  "--qkv-bias", "--data", str(corpus), "--tokenizer", str(tokenizer)],
     }
 
@@ -85,12 +89,15 @@ def prepare(shape: str, work: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+OURS_EXTRA: list[str] = []  # --ours-args: extra flags for our side (e.g. --compile)
+
+
 def run_ours(shape: str, setup: dict, out: Path) -> dict:
     s = SHAPES[shape]
     args = [*CLI, "pretrain", "--out", str(out), "--overwrite", "--max-steps", str(s["steps"]), "--batch-size",
             str(s["batch"]), "--learning-rate", str(s["lr"]), "--warmup-steps", str(s["warmup"]), "--eval-every", "0",
             "--checkpoint-every", "0", "--log-every", str(s["log_every"]), "--eval-batches", "1",
-            "--sample-tokens", "1", *setup["args"]]
+            "--sample-tokens", "1", *setup["args"], *OURS_EXTRA]
     start = time.perf_counter()
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -182,10 +189,12 @@ def main(argv=None):
     p.add_argument("--shape", default="demo", choices=list(SHAPES))
     p.add_argument("--rounds", type=int, default=2, help="ours then peer, this many times (ABAB)")
     p.add_argument("--steps", type=int, default=0, help="override the shape's step count")
+    p.add_argument("--ours-args", default="", help="extra flags for gpt-scratch pretrain, e.g. '--compile'")
     p.add_argument("--work", default=None, help="folder for runs and the synthetic corpus (default: a temp folder)")
     args = p.parse_args(argv)
     if args.steps:
         SHAPES[args.shape]["steps"] = args.steps
+    OURS_EXTRA[:] = args.ours_args.split()
     s = SHAPES[args.shape]
     print_header(f"pretrain (user level): {args.shape}, {s['steps']} steps of {s['batch']} x {s['seq']} tokens")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
@@ -197,7 +206,7 @@ def main(argv=None):
         peer.append(run_peer(args.shape, setup, setup["tokenizer"] or ours[-1]["tokenizer"], work))
         print(f"   round {round_ + 1}: ours {ours[-1]['tok_s']:,.0f} tok/s ({ours[-1]['wall_s']:.0f} s), "
               f"peer {peer[-1]['tok_s']:,.0f} tok/s ({peer[-1]['wall_s']:.0f} s)", flush=True)
-    command = f"gpt-scratch pretrain ({args.shape})"
+    command = f"gpt-scratch pretrain ({args.shape}{' ' + args.ours_args if args.ours_args else ''})"
     report(f"{command} steady tok/s", "transformers.Trainer + GPT2LMHeadModel",
            median([r["tok_s"] for r in peer]), median([r["tok_s"] for r in ours]), "tok/s")
     report(f"{command} wall time", "transformers.Trainer + GPT2LMHeadModel",
