@@ -100,7 +100,7 @@ def main(argv=None):
     p.add_argument("--data", default=str(SHARED_DATA / "*.txt"), help="glob of extra .txt documents")
     args = p.parse_args(argv)
 
-    from modeling_gpt_scratch.tokenization import train_bpe_tokenizer
+    from pipelines.tokenization import train_bpe_tokenizer
     from pipelines.data import get_or_build_token_shards, load_tokens
     from pipelines.fast_bpe import FastBPE
 

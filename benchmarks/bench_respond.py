@@ -36,7 +36,7 @@ def prepare(work: Path, count: int) -> tuple[Path, Path, Path]:
     import torch
 
     from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
-    from modeling_gpt_scratch.tokenization import load_tokenizer, train_bpe_tokenizer
+    from pipelines.tokenization import load_tokenizer, train_bpe_tokenizer
     from pipelines.prompts import format_alpaca
     from pipelines.runfolder import write_model_folder
 

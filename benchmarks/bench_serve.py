@@ -41,7 +41,7 @@ def build_demo_model(folder: Path, vocab_size: int = 4096, seed: int = 0) -> Pat
     import torch
 
     from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
-    from modeling_gpt_scratch.tokenization import train_bpe_tokenizer
+    from pipelines.tokenization import train_bpe_tokenizer
     from pipelines.data import default_corpus
 
     context = DEMO_SHAPE["max_position_embeddings"]

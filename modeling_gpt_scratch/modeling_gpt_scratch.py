@@ -255,17 +255,19 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
             past_key_values = DynamicCache(config=self.config)
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         seq_len = inputs_embeds.shape[1]
+        given_positions = position_ids  # only positions the caller chose can restart (packed rows)
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + seq_len, device=inputs_embeds.device).unsqueeze(0)
         if not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and position_ids.numel():
-            largest, limit = int(position_ids.max()), self.config.max_position_embeddings
+            largest = past_len + seq_len - 1 if given_positions is None else int(position_ids.max())
+            limit = self.config.max_position_embeddings
             if largest >= limit:
                 raise ValueError(
                     f"position {largest} is past the last position this model has learned ({limit - 1}, "
                     f"max_position_embeddings={limit}): keep prompt and generated tokens within {limit} positions"
                 )
         x = self.drop_emb(inputs_embeds + self.pos_emb(position_ids).to(inputs_embeds.device))
-        mask = build_causal_mask(self.config, inputs_embeds, attention_mask, past_key_values, position_ids, past_len)
+        mask = build_causal_mask(self.config, inputs_embeds, attention_mask, past_key_values, given_positions, past_len)
 
         all_hidden = () if output_hidden_states else None
         all_attentions = () if output_attentions else None

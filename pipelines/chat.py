@@ -36,7 +36,7 @@ def fit_transcript(tokenizer, history: list[dict], system: str | None, budget: i
         history = history[2:] if len(history) > 2 else history[-1:]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_chat_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="model folder (base: transcript chat; instruct: Alpaca)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="longest reply in tokens (default 128)")
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy (default 0.7)")
@@ -59,7 +59,7 @@ def _check(args) -> None:
         raise UserError(f"--top-k {args.top_k} must be at least 1")
 
 
-def run(args: argparse.Namespace) -> int:
+def chat_main(args: argparse.Namespace) -> int:
     _check(args)
     from .engine import Engine, make_generator
     from .generate import is_instruct, load_model
@@ -134,4 +134,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "run", "fit_transcript"]
+__all__ = ["add_chat_arguments", "chat_main", "fit_transcript"]

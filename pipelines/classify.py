@@ -243,7 +243,7 @@ def freeze_for(model, mode: str) -> int:
 
 
 def _load_tokenizer(spec: str):
-    from modeling_gpt_scratch.tokenization import load_tokenizer
+    from pipelines.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(str(spec))
     if tokenizer.pad_token_id is None:
@@ -429,7 +429,7 @@ def _accuracy(trainer, dataset, indices) -> float | None:
 # ======================================================================================================================
 
 
-def add_finetune_arguments(parser) -> None:
+def add_finetune_classifier_arguments(parser) -> None:
     parser.add_argument("--config", help="YAML file with any of the settings below (flags win)")
     config_schema.add_schema_arguments(parser, ClassifyConfig, "classifier fine-tuning settings (each is also a YAML key)")
 
@@ -438,7 +438,7 @@ def resolve_config(args) -> ClassifyConfig:
     return config_schema.resolve(ClassifyConfig, args, getattr(args, "config", None))
 
 
-def finetune_main(args) -> int:
+def finetune_classifier_main(args) -> int:
     return finetune(resolve_config(args))
 
 

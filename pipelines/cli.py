@@ -12,42 +12,23 @@ import importlib
 import os
 import sys
 
-# workflow -> (module, add-arguments function, run function, one-line help)
+# workflow -> (module, one-line help).  Every workflow ``name-x`` is two functions of its module:
+# ``add_name_x_arguments(parser)`` adds its flags, ``name_x_main(args) -> exit code`` runs it.
 WORKFLOWS = {
-    "pretrain": ("pipelines.pretrain", "add_arguments", "run", "pretrain a base model (no --data: embedded corpus)"),
-    "train-tokenizer": (
-        "modeling_gpt_scratch.tokenization",
-        "add_train_tokenizer_arguments",
-        "train_tokenizer_main",
-        "train a GPT-2-style byte-level BPE tokenizer on local text",
-    ),
-    "convert": (
-        "modeling_gpt_scratch.convert",
-        "add_convert_arguments",
-        "convert_main",
-        "import OpenAI GPT-2 (HF gpt2) or book .pth weights; --to hf-gpt2: export to plain gpt2",
-    ),
-    "generate": ("pipelines.generate", "add_generate_arguments", "generate_main", "sample text from a model"),
-    "chat": ("pipelines.chat", "add_arguments", "run", "chat with a base (transcript) or instruct model"),
-    "finetune-classifier": (
-        "pipelines.classify",
-        "add_finetune_arguments",
-        "finetune_main",
-        "fine-tune a classifier (e.g. spam) from a base model",
-    ),
-    "classify": ("pipelines.classify", "add_classify_arguments", "classify_main", "predict labels for texts"),
-    "finetune-instruct": (
-        "pipelines.instruct",
-        "add_finetune_arguments",
-        "finetune_main",
-        "Alpaca-style instruction fine-tuning",
-    ),
-    "respond": ("pipelines.instruct", "add_respond_arguments", "respond_main", "answer every record of a test file"),
-    "judge": ("pipelines.judge", "add_arguments", "run", "score responses with an LLM judge (0-100)"),
-    "serve": ("pipelines.serve", "add_arguments", "run", "OpenAI-compatible HTTP API over a model"),
-    "evaluate": ("pipelines.evaluate", "add_arguments", "run", "loss, perplexity, bits per byte; classifier accuracy; HellaSwag, FineWeb, lm-eval"),
-    "experiments": ("pipelines.experiments", "add_arguments", "run", "interventions vs a baseline, same budget"),
-    "publish": ("pipelines.publish", "add_arguments", "run", "upload a run folder to the Hugging Face Hub"),
+    "pretrain": ("pipelines.pretrain", "pretrain a base model (no --data: embedded corpus)"),
+    "train-tokenizer": ("pipelines.tokenization", "train a GPT-2-style byte-level BPE tokenizer on local text"),
+    "convert": ("pipelines.convert", "import OpenAI GPT-2 (HF gpt2) or book .pth weights; --to hf-gpt2: export"),
+    "generate": ("pipelines.generate", "sample text from a model"),
+    "chat": ("pipelines.chat", "chat with a base (transcript) or instruct model"),
+    "finetune-classifier": ("pipelines.classify", "fine-tune a classifier (e.g. spam) from a base model"),
+    "classify": ("pipelines.classify", "predict labels for texts"),
+    "finetune-instruct": ("pipelines.instruct", "Alpaca-style instruction fine-tuning"),
+    "respond": ("pipelines.instruct", "answer every record of a test file"),
+    "judge": ("pipelines.judge", "score responses with an LLM judge (0-100)"),
+    "serve": ("pipelines.serve", "OpenAI-compatible HTTP API over a model"),
+    "evaluate": ("pipelines.evaluate", "loss, perplexity, bits per byte, classifier accuracy, HellaSwag, lm-eval"),
+    "experiments": ("pipelines.experiments", "interventions vs a baseline, same budget"),
+    "publish": ("pipelines.publish", "upload a run folder to the Hugging Face Hub"),
 }
 
 
@@ -57,7 +38,7 @@ def _top_parser() -> argparse.ArgumentParser:
         description="Train, fine-tune, evaluate, serve and publish GPT-2-style models.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="workflows:\n"
-        + "\n".join(f"  {name:<20} {spec[3]}" for name, spec in WORKFLOWS.items())
+        + "\n".join(f"  {name:<20} {help_text}" for name, (_, help_text) in WORKFLOWS.items())
         + "\n\n'gpt-scratch <workflow> --help' shows a workflow's options.",
     )
     parser.add_argument("workflow", choices=list(WORKFLOWS), metavar="workflow", help="one of the workflows below")
@@ -74,11 +55,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(workflow: str):
-    module_name, add_name, run_name, help_text = WORKFLOWS[workflow]
+    module_name, help_text = WORKFLOWS[workflow]
     module = importlib.import_module(module_name)
+    stem = workflow.replace("-", "_")
     parser = _Parser(prog=f"gpt-scratch {workflow}", description=help_text)
-    getattr(module, add_name)(parser)
-    return parser, getattr(module, run_name)
+    getattr(module, f"add_{stem}_arguments")(parser)
+    return parser, getattr(module, f"{stem}_main")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ from .errors import UserError
 TASKS = ("text", "hellaswag", "fineweb-test", "lm-eval:TASK[,TASK...]")
 
 
-def add_arguments(parser) -> None:
+def add_evaluate_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="model folder: a classifier or a causal language model")
     parser.add_argument(
         "--task",
@@ -357,7 +357,7 @@ def _task(args, config: dict) -> str:
     return task
 
 
-def run(args) -> int:
+def evaluate_main(args) -> int:
     from .fsutil import atomic_write_json
     from .folders import check_model_folder, read_config
 

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 TOP_KEYS = {"base", "out", "common", "baseline", "variants", "overwrite"}
 
 
-def add_arguments(parser) -> None:
+def add_experiments_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="experiments YAML (see configs/experiments-tiny-cpu.yaml)")
     parser.add_argument("--out", help="output folder (overrides the YAML's out)")
     parser.add_argument("--only", nargs="*", help="run only these variants (and the baseline)")
@@ -96,7 +96,7 @@ def _run_one(name: str, values: dict, changes: dict, out: Path, overwrite: bool)
     return json.loads(metrics_file.read_text())
 
 
-def run(args) -> int:
+def experiments_main(args) -> int:
     plan = load_plan(args.config, args.out)
     out: Path = plan["out"]
     runs: dict = plan["runs"]
@@ -127,7 +127,7 @@ def run(args) -> int:
 
 
 def _shared_tokenizer(baseline: dict, out: Path) -> Path:
-    from modeling_gpt_scratch.tokenization import train_bpe_tokenizer
+    from pipelines.tokenization import train_bpe_tokenizer
 
     from .data import iter_documents
 

@@ -68,7 +68,7 @@ class ExportResult:
 
 
 def _inverse_tables():
-    from modeling_gpt_scratch.convert import _HF_BLOCK_MAP, _HF_TOP_MAP
+    from pipelines.convert import _HF_BLOCK_MAP, _HF_TOP_MAP
 
     top = {ours: f"transformer.{hf}" for hf, ours in _HF_TOP_MAP.items()}
     block = {ours: (hf, transpose) for hf, (ours, transpose) in _HF_BLOCK_MAP.items()}
@@ -209,7 +209,7 @@ def build_gpt2_model(gpt2_config, architecture: str, mapped: dict):
 
 def read_source(src) -> tuple[Path, dict, str]:
     """The source folder, its config.json and its architecture (causal LM or classifier), or a one-line error."""
-    from modeling_gpt_scratch.convert import WEIGHT_FILES
+    from pipelines.convert import WEIGHT_FILES
     from modeling_gpt_scratch.configuration_gpt_scratch import GPTScratchConfig
 
     folder = Path(src).expanduser()
@@ -276,7 +276,7 @@ def load_source_tokenizer(folder: Path):
     """The folder's tokenizer (standard classes only: the export must not need remote code), pad = end-of-text."""
     from transformers import AutoTokenizer
 
-    from modeling_gpt_scratch.convert import TOKENIZER_FILES, _prepare_tokenizer
+    from pipelines.convert import TOKENIZER_FILES, _prepare_tokenizer
 
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         return None
@@ -305,7 +305,7 @@ def save_tokenizer_plain(tokenizer, folder: Path) -> str:
     byte-level BPE is recorded as ``GPT2TokenizerFast`` (4.x's fast GPT-2 tokenizer; 5.x maps it to its
     ``GPT2Tokenizer``); another tokenizer.json-backed tokenizer as ``PreTrainedTokenizerFast``.
     """
-    from modeling_gpt_scratch.tokenization import strip_local_files_only
+    from pipelines.tokenization import strip_local_files_only
 
     tokenizer.save_pretrained(str(folder))
     strip_local_files_only(folder)
@@ -393,7 +393,7 @@ def export_hf_gpt2(src, out_dir, overwrite: bool = False, fold_score_bias: bool 
     """
     from transformers import GenerationConfig
 
-    from modeling_gpt_scratch.convert import check_out_dir, make_generation_config
+    from pipelines.convert import check_out_dir, make_generation_config
     from pipelines.fsutil import atomic_dir
 
     out = check_out_dir(out_dir, overwrite, src=src)

@@ -259,7 +259,7 @@ def loading_weights(folder, flag: str = "--model", file=None):
 
 def load_tokenizer(folder, flag: str = "--model"):
     """The tokenizer of a folder (pad = end-of-text), its files checked and errors one line each."""
-    from modeling_gpt_scratch.tokenization import load_tokenizer as _load
+    from pipelines.tokenization import load_tokenizer as _load
 
     return _load(str(folder))
 

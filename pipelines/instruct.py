@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from modeling_gpt_scratch.convert import make_generation_config
+from pipelines.convert import make_generation_config
 
 from . import config as config_schema
 from . import lora
@@ -246,7 +246,7 @@ def default_max_new_tokens(context: int) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def add_finetune_arguments(parser) -> None:
+def add_finetune_instruct_arguments(parser) -> None:
     parser.add_argument("--config", help="YAML file of settings (any key below); flags given here win")
     config_schema.add_schema_arguments(parser, InstructConfig, "instruction fine-tuning settings (each is also a YAML key)")
 
@@ -270,7 +270,7 @@ def resolve_config(args) -> InstructConfig:
 def load_base_model(model_dir: str):
     """The base causal LM and its tokenizer (pad = end-of-text) from a model folder."""
     from modeling_gpt_scratch import GPTScratchForCausalLM
-    from modeling_gpt_scratch.tokenization import load_tokenizer
+    from pipelines.tokenization import load_tokenizer
 
     from .folders import check_model_folder, loading_weights
 
@@ -299,7 +299,7 @@ def save_splits(out: Path, splits: dict, resume: bool) -> None:
         atomic_write_json(path, records)
 
 
-def finetune_main(args) -> int:
+def finetune_instruct_main(args) -> int:
     return finetune(resolve_config(args))
 
 
@@ -514,8 +514,8 @@ def respond_main(args) -> int:
 
 __all__ = [
     "InstructConfig",
-    "add_finetune_arguments",
-    "finetune_main",
+    "add_finetune_instruct_arguments",
+    "finetune_instruct_main",
     "finetune",
     "add_respond_arguments",
     "respond_main",

@@ -397,7 +397,7 @@ def score_record(client: JudgeClient, record: dict, retries: int):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_judge_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--responses", required=True, help="JSON list of records with instruction, input, output, "
                         "model_response (as written by `gpt-scratch respond`)")
     parser.add_argument("--judge-url", required=True, help="judge server, e.g. http://localhost:11434 (Ollama) or "
@@ -414,7 +414,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def judge_main(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise UserError(f"--timeout {args.timeout:g} must be positive (seconds)")
     if args.retries < 0:
@@ -441,4 +441,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["judge_prompt", "parse_score", "load_responses", "JudgeClient", "score_record", "add_arguments", "run"]
+__all__ = ["judge_prompt", "parse_score", "load_responses", "JudgeClient", "score_record", "add_judge_arguments", "judge_main"]

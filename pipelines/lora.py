@@ -232,7 +232,7 @@ def write_adapter_folder(
     """
     import yaml
 
-    from modeling_gpt_scratch.tokenization import portable_tokenizer
+    from pipelines.tokenization import portable_tokenizer
 
     from .cards import write_cards
     from .fsutil import atomic_write_json, atomic_write_text, publish_files
@@ -370,7 +370,7 @@ def load_adapter(folder, kind: str, flag: str = "--model", merged: bool = True):
     merged into plain weights (``merged=True``, faster) or left as the ``PeftModel``.  Eval mode."""
     from peft import PeftModel
 
-    from modeling_gpt_scratch.tokenization import load_tokenizer
+    from pipelines.tokenization import load_tokenizer
 
     from .folders import LOAD_ERRORS, weights_error
     from .generate import quiet_hf

@@ -83,7 +83,7 @@ class PretrainConfig(TrainConfig):
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
 
 
-def add_arguments(parser) -> None:
+def add_pretrain_arguments(parser) -> None:
     shown = DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])
     parser.add_argument("--config", help=f"YAML config (default: {shown}; its values are the defaults shown below)")
     try:
@@ -136,7 +136,7 @@ def build_model_config(cfg: PretrainConfig, tokenizer):
 
 def get_tokenizer(cfg: PretrainConfig, out: Path, accelerator):
     """The run's tokenizer: ``--tokenizer``, else the one saved in the run folder, else one trained now."""
-    from modeling_gpt_scratch.tokenization import load_tokenizer, train_bpe_tokenizer
+    from pipelines.tokenization import load_tokenizer, train_bpe_tokenizer
 
     from .data import iter_documents
 
@@ -194,7 +194,7 @@ def build_datasets(cfg: PretrainConfig, tokenizer, out: Path, context: int):
     return datasets, len(tokens)
 
 
-def run(args) -> int:
+def pretrain_main(args) -> int:
     cfg = resolve_config(args)
     return pretrain(cfg)
 
@@ -309,7 +309,7 @@ def pretrain(cfg: PretrainConfig) -> int:
             f"test bpb {final.get('test_bpb', math.nan):.4f}) in {result.elapsed_s:.0f}s"
         )
         plot_history(result.history, out / "plots" / "loss.png", "pretraining loss")
-        from modeling_gpt_scratch.convert import make_generation_config
+        from pipelines.convert import make_generation_config
 
         generation = make_generation_config(
             accelerator.unwrap_model(trainer.model).config, tokenizer.pad_token_id, temperature=0.8

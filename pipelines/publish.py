@@ -53,7 +53,7 @@ VERIFY_TIMEOUT_S = 1800
 VERIFY_MARK = "GPT_SCRATCH_VERIFY "
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="run folder to publish (a complete model folder)")
     parser.add_argument("--repo-id", required=True, help="target model repo on the Hub, as USER/NAME or ORG/NAME")
     parser.add_argument("--private", action="store_true", help="create the repo as private (if it is new)")
@@ -573,7 +573,7 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def run(args: argparse.Namespace) -> int:
+def publish_main(args: argparse.Namespace) -> int:
     from . import lora
     from .cards import folder_kind, write_cards
     from .runfolder import strip_local_files_only
@@ -679,8 +679,8 @@ def _check_verify_upload(args, repo_id: str, folder: Path, source: Path, files: 
 
 
 __all__ = [
-    "add_arguments",
-    "run",
+    "add_publish_arguments",
+    "publish_main",
     "validate_repo_id",
     "missing_pieces",
     "check_folder",

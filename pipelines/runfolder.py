@@ -504,7 +504,7 @@ def write_model_folder(
     out.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)
     if tokenizer is not None:
-        from modeling_gpt_scratch.tokenization import portable_tokenizer
+        from pipelines.tokenization import portable_tokenizer
 
         tokenizer = portable_tokenizer(tokenizer, model.config.max_position_embeddings)
         model.config.pad_token_id = tokenizer.pad_token_id

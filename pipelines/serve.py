@@ -653,7 +653,7 @@ def server_url(server: APIServer) -> str:
     return f"http://{host}:{port}"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="model folder (e.g. the --out of pretrain or finetune-instruct)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                         "only; 0.0.0.0 exposes the server to the network, use it with --api-key)")
@@ -674,7 +674,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def serve_main(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise UserError(f"--threads {args.threads} must be 0 (torch's choice) or a positive count")
     if args.threads:
@@ -706,4 +706,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__ = ["make_server", "server_url", "bind", "create_app", "APIServer", "Service", "Batcher", "Job", "APIError",
-           "CompletionRequest", "ChatRequest", "add_arguments", "run"]
+           "CompletionRequest", "ChatRequest", "add_serve_arguments", "serve_main"]

@@ -1,16 +1,11 @@
-"""`accelerate launch scripts/finetune_instruct.py [options]`: the `gpt-scratch finetune-instruct` workflow under Accelerate.
+"""`accelerate launch scripts/finetune_instruct.py [options]`: `gpt-scratch finetune-instruct` under Accelerate.
 
-Single GPU:  accelerate launch scripts/finetune_instruct.py --config configs/...
-Several:     accelerate launch --multi_gpu --num_processes 8 scripts/finetune_instruct.py ...
-CPU ranks:   torchrun --nproc_per_node 2 scripts/finetune_instruct.py ...
+    accelerate launch scripts/finetune_instruct.py --config ...   # one GPU
+    accelerate launch --multi_gpu --num_processes 8 scripts/finetune_instruct.py ...   # several
+    torchrun --nproc_per_node 2 scripts/finetune_instruct.py ...   # CPU ranks
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.cli import main  # noqa: E402
+from _launch import launch
 
 if __name__ == "__main__":
-    sys.exit(main(["finetune-instruct", *sys.argv[1:]]))
+    launch("finetune-instruct")

@@ -15,8 +15,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from modeling_gpt_scratch.convert import convert_hf_gpt2
-from modeling_gpt_scratch.tokenization import train_bpe_tokenizer
+from pipelines.convert import convert_hf_gpt2
+from pipelines.tokenization import train_bpe_tokenizer
 from pipelines.cli import main
 
 VOCAB, CONTEXT = 300, 64
@@ -191,7 +191,7 @@ def test_byte_counts_are_exact_inside_multibyte_characters(tokenizer):
 def test_pretraining_reports_val_and_test_bpb(tmp_path, capsys):
     from pipelines import data
     from pipelines.bpb import count_bytes
-    from modeling_gpt_scratch.tokenization import load_tokenizer
+    from pipelines.tokenization import load_tokenizer
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

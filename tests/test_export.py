@@ -11,8 +11,8 @@ from safetensors import safe_open
 from transformers import AutoTokenizer, GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM, GPTScratchForSequenceClassification
-from modeling_gpt_scratch.convert import convert_hf_gpt2
-from modeling_gpt_scratch.tokenization import train_bpe_tokenizer
+from pipelines.convert import convert_hf_gpt2
+from pipelines.tokenization import train_bpe_tokenizer
 from pipelines.cli import main as cli_main
 from pipelines.errors import UserError
 from pipelines.export import export_hf_gpt2

@@ -28,7 +28,7 @@ def pydoc_texts() -> list[str]:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from modeling_gpt_scratch.tokenization import train_bpe_tokenizer
+    from pipelines.tokenization import train_bpe_tokenizer
 
     return train_bpe_tokenizer(pydoc_texts(), 3000)
 

@@ -109,7 +109,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory, corpus):
-    from modeling_gpt_scratch.tokenization import train_bpe_tokenizer
+    from pipelines.tokenization import train_bpe_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
     train_bpe_tokenizer([p.read_text() for p in sorted(corpus.glob("*.txt"))], 300, out_dir=out)

@@ -170,7 +170,7 @@ def test_run_folder_loads_with_chat_template_and_greedy_generation_config(finetu
 
 
 def test_mask_prompt_ignores_the_prompt_targets(base_model, records):
-    from modeling_gpt_scratch.tokenization import load_tokenizer
+    from pipelines.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(str(base_model))
     splits = {"train": records[10:14], "val": records[:1], "test": []}
@@ -200,7 +200,7 @@ def test_mask_prompt_ignores_the_prompt_targets(base_model, records):
 
 
 def test_max_length_cuts_sequences(base_model, records):
-    from modeling_gpt_scratch.tokenization import load_tokenizer
+    from pipelines.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(str(base_model))
     cfg = InstructConfig()

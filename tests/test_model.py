@@ -24,8 +24,8 @@ from modeling_gpt_scratch import (
     GPTScratchForCausalLM,
     GPTScratchForSequenceClassification,
 )
-from modeling_gpt_scratch.convert import make_generation_config
-from modeling_gpt_scratch.tokenization import train_bpe_tokenizer
+from pipelines.convert import make_generation_config
+from pipelines.tokenization import train_bpe_tokenizer
 
 VOCAB = 128
 
@@ -440,3 +440,23 @@ def test_gradient_checkpointing_gives_same_gradients():
     model(ids, labels=ids, use_cache=True).loss.backward()
     emb = "transformer.tok_emb.weight"
     torch.testing.assert_close(model.transformer.tok_emb.weight.grad, plain[emb], atol=1e-6, rtol=1e-5)
+
+
+def test_the_model_package_imports_only_torch_transformers_and_itself():
+    """The files the Hub receives run where gpt-scratch is not installed: no import of pipelines or anything else."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "modeling_gpt_scratch"
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                roots = [(node.module or "").split(".")[0]] if node.level == 0 else ["modeling_gpt_scratch"]
+            else:
+                continue
+            for root in roots:
+                assert root in {"torch", "transformers", "inspect", "warnings", "math", "modeling_gpt_scratch"}, (
+                    f"{path.name} imports {root}"
+                )

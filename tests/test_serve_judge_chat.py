@@ -284,10 +284,10 @@ def test_chat_instruct_model_in_process_ends_on_exit(tiny_models, monkeypatch, c
     from pipelines import chat
 
     parser = argparse.ArgumentParser()
-    chat.add_arguments(parser)
+    chat.add_chat_arguments(parser)
     args = parser.parse_args(["--model", str(tiny_models["instruct"]), "--temperature", "0", "--max-new-tokens", "6"])
     monkeypatch.setattr(sys, "stdin", io.StringIO("Name a primary color.\n\n/exit\nnot read\n"))
-    assert chat.run(args) == 0
+    assert chat.chat_main(args) == 0
     out = capsys.readouterr()
     assert out.out.count("Bot: ") == 1
     assert "instruct model" in out.err

@@ -7,7 +7,7 @@ import random
 import pytest
 from transformers import AutoTokenizer
 
-from modeling_gpt_scratch.tokenization import (
+from pipelines.tokenization import (
     EOS_TOKEN,
     add_train_tokenizer_arguments,
     load_tokenizer,

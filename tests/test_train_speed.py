@@ -109,7 +109,7 @@ def peer_and_ours(seed=0):
     """transformers' GPT2LMHeadModel and ours with the same weights (through the converter), dropout off."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from modeling_gpt_scratch.convert import build_model, config_from_hf_gpt2, map_hf_gpt2_state_dict
+    from pipelines.convert import build_model, config_from_hf_gpt2, map_hf_gpt2_state_dict
 
     torch.manual_seed(seed)
     hf = GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,

@@ -42,7 +42,7 @@ def corpus() -> list[str]:
 def build_tokenizer():
     """The package's byte-level BPE trainer, as a run folder gets it (GPT-2's tokenizer class, pad = eos, max length =
     context); the tests check those properties, so nothing is adjusted here."""
-    from modeling_gpt_scratch.tokenization import train_bpe_tokenizer
+    from pipelines.tokenization import train_bpe_tokenizer
 
     return train_bpe_tokenizer(corpus(), VOCAB, model_max_length=CONTEXT)
 
@@ -72,7 +72,7 @@ def model_config(tokenizer, **overrides):
 
 def generation_config(model, tokenizer):
     """The run folder's generation defaults, as pretraining writes them (sampling, no fixed length)."""
-    from modeling_gpt_scratch.convert import make_generation_config
+    from pipelines.convert import make_generation_config
 
     return make_generation_config(model.config, tokenizer.pad_token_id, temperature=0.8)
 

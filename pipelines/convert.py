@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-from pipelines.errors import UserError
-from pipelines.folders import TOKENIZER_FILES, WEIGHT_FILES  # noqa: F401  (the one definition of the file names)
+from .errors import UserError
+from .folders import TOKENIZER_FILES, WEIGHT_FILES  # noqa: F401  (the one definition of the file names)
 
-from .configuration_gpt_scratch import PRESETS, GPTScratchConfig
+from modeling_gpt_scratch.configuration_gpt_scratch import PRESETS, GPTScratchConfig
 
 # ----------------------------------------------------------------------------------------------------------------
 # shared helpers
@@ -119,7 +119,7 @@ def build_model(config: GPTScratchConfig, state: dict, source: str, hint: str = 
     parameter left unfilled, any key left over, or any shape that differs is a ``UserError`` naming them.
     ``lm_head.weight`` may be absent when the config ties it to the token embedding.
     """
-    from .modeling_gpt_scratch import GPTScratchForCausalLM
+    from modeling_gpt_scratch.modeling_gpt_scratch import GPTScratchForCausalLM
 
     with torch.device("meta"):
         model = GPTScratchForCausalLM(config)
@@ -184,7 +184,7 @@ def _prepare_tokenizer(tokenizer):
 
 def save_converted(model, out_dir, overwrite: bool, tokenizer=None) -> Path:
     """Write ``model`` (+ tokenizer + generation config) into ``out_dir`` atomically."""
-    from pipelines.fsutil import atomic_dir
+    from .fsutil import atomic_dir
 
     from .tokenization import strip_local_files_only
 
@@ -686,7 +686,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 def convert_main(args: argparse.Namespace) -> int:
     """Run ``gpt-scratch convert``; prints the output folder and returns the exit code."""
-    from pipelines.generate import quiet_hf
+    from .generate import quiet_hf
 
     source_format = getattr(args, "source_format", None)
     target_format = getattr(args, "target_format", None)

@@ -20,8 +20,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from pipelines.errors import UserError, describe_type
-from pipelines.folders import TOKENIZER_FILES  # the one definition of a folder's file names
+from .errors import UserError, describe_type
+from .folders import TOKENIZER_FILES  # the one definition of a folder's file names
 
 EOS_TOKEN = "<|endoftext|>"
 MIN_VOCAB_SIZE = 257  # the 256 byte symbols plus <|endoftext|>
@@ -234,7 +234,7 @@ def train_bpe_tokenizer(
 
 def save_tokenizer(tokenizer, out_dir, overwrite: bool = False) -> Path:
     """Save ``tokenizer`` into ``out_dir`` atomically, without the ``local_files_only`` flag."""
-    from pipelines.fsutil import atomic_dir
+    from .fsutil import atomic_dir
 
     out = Path(out_dir).expanduser()
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -270,7 +270,7 @@ def _iter_txt(spec: str) -> Iterator[str]:
 def iter_texts(spec: str, text_column: str = "text") -> Iterator[str]:
     """Documents of ``spec`` through ``pipelines.data.iter_documents`` when present, else plain .txt reading."""
     try:
-        from pipelines.data import iter_documents
+        from .data import iter_documents
     except ImportError:
         return _iter_txt(spec)
     return iter_documents(spec, text_column=text_column)
