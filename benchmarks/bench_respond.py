@@ -127,9 +127,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    if "--peer-child" in sys.argv:
-        sys.argv.remove("--peer-child")
-        sys.path.insert(0, str(REPO))
-        peer_main(sys.argv[1:])
-    else:
-        main()
+    common.run_main_or_peer_child(main, peer_main)

@@ -256,3 +256,13 @@ def report(benchmark: str, peer_name: str, peer: float, ours: float, unit: str, 
     print(f"   {benchmark:<34} peer ({peer_name}) {peer:>10.4g} {unit:<8} ours {ours:>10.4g} {unit:<8} "
           f"ratio {ratio:5.2f}x{('  ' + note) if note else ''}", flush=True)
     return row
+
+
+def run_main_or_peer_child(main, peer_main) -> None:
+    """The ``__main__`` of a user-level benchmark: the benchmark itself, or (``--peer-child``) its peer's side,
+    which the benchmark starts as a process of its own."""
+    if "--peer-child" in sys.argv:
+        sys.argv.remove("--peer-child")
+        peer_main(sys.argv[1:])
+    else:
+        main()

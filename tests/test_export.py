@@ -16,9 +16,8 @@ from pipelines.tokenization import train_bpe_tokenizer
 from pipelines.cli import main as cli_main
 from pipelines.errors import UserError
 from pipelines.export import export_hf_gpt2
+from tests.test_convert import VOCAB, WORDS, perturb_
 
-VOCAB = 300
-WORDS = "the cat sat on a mat and the dog ran to the park while birds sang in green trees".split()
 EXPORTED_FILES = {
     "config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"
 }
@@ -29,14 +28,6 @@ def tokenizer():
     g = torch.Generator().manual_seed(0)
     texts = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (40,), generator=g)) for _ in range(200)]
     return train_bpe_tokenizer(texts, VOCAB)
-
-
-def perturb_(model, scale=0.2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return model
 
 
 def tiny_config(tokenizer, **overrides):

@@ -28,23 +28,10 @@ import yaml
 
 from pipelines import runfolder
 from pipelines.cli import main
+from tests.test_pretrain import write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = runfolder.LOCK_NAME
-
-WORDS = (
-    "the model reads a sequence of tokens and predicts the next one . attention lets every position look back at "
-    "the positions before it . a transformer block adds attention and a feed forward layer to the residual stream . "
-).split()
-
-
-def write_corpus(folder: Path, n_docs: int = 8, words_per_doc: int = 200) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for d in range(n_docs):
-        words = [WORDS[(d * 7 + i * (1 + d % 3)) % len(WORDS)] for i in range(words_per_doc)]
-        (folder / f"doc{d:02d}.txt").write_text(" ".join(words), encoding="utf-8")
-    return folder
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # helpers
@@ -104,7 +91,7 @@ def cli(args, fault=None, timeout=300):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
+    return write_corpus(tmp_path_factory.mktemp("corpus"), n_docs=8, words_per_doc=200)
 
 
 @pytest.fixture(scope="module")
