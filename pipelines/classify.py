@@ -44,6 +44,7 @@ from . import config as config_schema
 from . import lora
 from .errors import UserError
 from .generate import quiet_hf
+from .losses import classification_loss
 from .runfolder import claims_out_dir
 from .train_loop import TrainConfig, Trainer, latest_checkpoint, plot_history
 
@@ -334,13 +335,6 @@ def _read_jsonl(path: Path) -> list[dict]:
 # ======================================================================================================================
 # loss, prediction, metrics
 # ======================================================================================================================
-
-
-def classification_loss(model, batch):
-    """Mean cross-entropy of the logits (of the last real token) against the labels; counts examples."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
-    return loss, int(batch["labels"].numel())
 
 
 @torch.no_grad()

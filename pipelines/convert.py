@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .folders import TOKENIZER_FILES, WEIGHT_FILES  # noqa: F401  (the one definition of the file names)
+from .folders import TOKENIZER_FILES, WEIGHT_FILES
 
 from modeling_gpt_scratch.configuration_gpt_scratch import PRESETS, GPTScratchConfig
 
@@ -173,13 +173,6 @@ def make_generation_config(config: GPTScratchConfig, pad_token_id=None, **settin
     return GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=pad, **{**defaults, **settings}
     )
-
-
-def _prepare_tokenizer(tokenizer):
-    """GPT-2 has no padding token: pad with end-of-text, so pipelines and batches work."""
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def save_converted(model, out_dir, overwrite: bool, tokenizer=None) -> Path:

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .losses import token_cross_entropy
 
 
 TASKS = ("text", "hellaswag", "fineweb-test", "lm-eval:TASK[,TASK...]")
@@ -171,9 +172,8 @@ def evaluate_lm(model_dir, data, batch_size=8, max_length=0, stride=0, text_colu
                 input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False
             ).logits.float()
             labels = labels.to(device)
-            total += torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
-            ).item()
+            flat = logits.reshape(-1, logits.shape[-1])
+            total += token_cross_entropy(flat, labels.reshape(-1), reduction="sum").item()
             count += int((labels != -100).sum())
     loss = total / count
     from .bpb import bits_per_byte, count_bytes

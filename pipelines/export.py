@@ -209,7 +209,7 @@ def build_gpt2_model(gpt2_config, architecture: str, mapped: dict):
 
 def read_source(src) -> tuple[Path, dict, str]:
     """The source folder, its config.json and its architecture (causal LM or classifier), or a one-line error."""
-    from pipelines.convert import WEIGHT_FILES
+    from pipelines.folders import WEIGHT_FILES
     from modeling_gpt_scratch.configuration_gpt_scratch import GPTScratchConfig
 
     folder = Path(src).expanduser()
@@ -276,7 +276,8 @@ def load_source_tokenizer(folder: Path):
     """The folder's tokenizer (standard classes only: the export must not need remote code), pad = end-of-text."""
     from transformers import AutoTokenizer
 
-    from pipelines.convert import TOKENIZER_FILES, _prepare_tokenizer
+    from pipelines.tokenization import set_pad_to_eos
+    from pipelines.folders import TOKENIZER_FILES
 
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         return None
@@ -288,7 +289,7 @@ def load_source_tokenizer(folder: Path):
             f"--src {folder}: cannot load its tokenizer without remote code ({first}); a plain gpt2 folder needs a "
             "standard tokenizer"
         ) from None
-    return _prepare_tokenizer(tokenizer)
+    return set_pad_to_eos(tokenizer)
 
 
 def _is_byte_level_bpe(tokenizer) -> bool:

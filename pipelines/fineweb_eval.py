@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .losses import token_cross_entropy
 
 DEFAULT_SOURCE = "HuggingFaceFW/fineweb:sample-10BT"
 DEFAULTS = {"start_token": 50_000_000, "batches": 3200, "batch_size": 6, "seq_len": 1024}
@@ -192,9 +193,7 @@ def evaluate_fineweb_test(
         chunk = stream[k * b * t : (k + 1) * b * t + 1].to(device)
         x, y = chunk[:-1].view(b, t), chunk[1:].view(b, t)
         logits = model(input_ids=x, use_cache=False).logits
-        total += torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
-        ).item()
+        total += token_cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum").item()
     scored = n_batches * b * t
     loss = total / scored
     n_bytes = count_bytes(tokenizer, tokens[1:])

@@ -15,7 +15,6 @@ import math
 from pathlib import Path
 
 from pipelines.errors import UserError
-from pipelines.folders import TOKENIZER_FILES, WEIGHT_FILES  # noqa: F401  (re-exported; defined there)
 
 DEFAULT_MAX_NEW_TOKENS = 100
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,41 +229,25 @@ def write_adapter_folder(
     The counterpart of :func:`pipelines.runfolder.write_model_folder` for a LoRA run; PEFT's own README stub is
     replaced by the project's adapter card.
     """
-    import yaml
-
     from pipelines.tokenization import portable_tokenizer
 
-    from .cards import write_cards
-    from .fsutil import atomic_write_json, atomic_write_text, publish_files
-    from .runfolder import environment, strip_local_files_only
+    from .runfolder import write_run_folder
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)
-    inner = inner_model(model)
-    context = inner.config.max_position_embeddings
-    tokenizer = portable_tokenizer(tokenizer, context)
-    metrics = {**metrics, "workflow": workflow, "environment": environment()}
-    if samples:
-        metrics["samples"] = samples
+    tokenizer = portable_tokenizer(tokenizer, inner_model(model).config.max_position_embeddings)
     for adapter in model.peft_config.values():
         adapter.base_model_name_or_path = base_ref
-    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-    try:
+
+    def save_adapter(staging: Path) -> None:
         with _quiet():
             model.save_pretrained(str(staging), safe_serialization=True)
-        (staging / "README.md").unlink(missing_ok=True)  # PEFT's template; write_cards writes ours
-        tokenizer.save_pretrained(staging)
-        strip_local_files_only(staging)
+        (staging / "README.md").unlink(missing_ok=True)  # PEFT's template; the cards write ours
         if generation_config is not None:
             generation_config.save_pretrained(staging)
-        atomic_write_json(staging / "metrics.json", metrics)
-        atomic_write_text(staging / "run_config.yaml", yaml.safe_dump(run_config, sort_keys=False))
-        publish_files(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    write_cards(out)
-    return out
+
+    return write_run_folder(
+        out_dir, save_adapter, tokenizer, metrics=metrics, run_config=run_config, workflow=workflow, samples=samples
+    )
 
 
 def write_merged_folder(out_dir, model, tokenizer, metrics: dict, run_config: dict, workflow: str, **extra) -> Path:

@@ -295,6 +295,17 @@ def _check_no_token(folder: Path, files: list[str], token: str | None) -> None:
 # verification in a clean interpreter
 # ------------------------------------------------------------------------------------------------------------------
 
+# The end of both verify scripts: a causal model must generate; the result is printed on one tagged line.
+_VERIFY_GENERATE = r"""    else:
+        enc = tokenizer("Every effort moves you", return_tensors="pt")
+        out = model.generate(**enc, max_new_tokens=4, do_sample=False)
+        new = out[0, enc["input_ids"].shape[1]:]
+        if new.numel() == 0:
+            raise RuntimeError("generate produced no new tokens")
+        result["generated"] = tokenizer.decode(new)
+print("GPT_SCRATCH_VERIFY " + json.dumps(result))
+"""
+
 # Runs with `python -I` in an empty working folder: no PYTHONPATH, no user site, no cwd on sys.path, and the
 # installed model package blocked, so only the folder's own code can be what loads.
 VERIFY_SCRIPT = r"""
@@ -328,15 +339,7 @@ with torch.no_grad():
         if not all(p["label"] in labels for p in predictions):
             raise RuntimeError(f"the pipeline returned labels {predictions} outside {sorted(labels)}")
         result["predictions"] = [label] + [p["label"] for p in predictions]
-    else:
-        enc = tokenizer("Every effort moves you", return_tensors="pt")
-        out = model.generate(**enc, max_new_tokens=4, do_sample=False)
-        new = out[0, enc["input_ids"].shape[1]:]
-        if new.numel() == 0:
-            raise RuntimeError("generate produced no new tokens")
-        result["generated"] = tokenizer.decode(new)
-print("GPT_SCRATCH_VERIFY " + json.dumps(result))
-"""
+""" + _VERIFY_GENERATE
 
 
 # The same clean interpreter for a LoRA adapter: the base folder through remote code, then the adapter through PEFT.
@@ -371,15 +374,7 @@ with torch.no_grad():
         enc = tokenizer(texts, padding=True, return_tensors="pt")
         predictions = [labels[int(i)] for i in model(**enc).logits.argmax(-1)]
         result["predictions"] = predictions
-    else:
-        enc = tokenizer("Every effort moves you", return_tensors="pt")
-        out = model.generate(**enc, max_new_tokens=4, do_sample=False)
-        new = out[0, enc["input_ids"].shape[1]:]
-        if new.numel() == 0:
-            raise RuntimeError("generate produced no new tokens")
-        result["generated"] = tokenizer.decode(new)
-print("GPT_SCRATCH_VERIFY " + json.dumps(result))
-"""
+""" + _VERIFY_GENERATE
 
 
 def _last_error_line(stderr: str) -> str:
@@ -576,7 +571,7 @@ def _size(n: int) -> str:
 def publish_main(args: argparse.Namespace) -> int:
     from . import lora
     from .cards import folder_kind, write_cards
-    from .runfolder import strip_local_files_only
+    from .tokenization import strip_local_files_only
 
     repo_id = validate_repo_id(args.repo_id)
     folder = check_folder(args.model)

@@ -22,6 +22,7 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -488,6 +489,45 @@ def environment() -> dict:
     }
 
 
+def write_run_folder(
+    out_dir: str | Path,
+    save_model: Callable[[Path], None],
+    tokenizer,
+    *,
+    metrics: dict,
+    run_config: dict,
+    workflow: str,
+    samples: list[dict] | None = None,
+) -> Path:
+    """The end of every training run: ``save_model(staging)`` writes the weights (a full model, or an adapter),
+    then the tokenizer, metrics and resolved config join them in a staging folder inside ``out_dir``, which is
+    published into it file by file; the cards come last."""
+    from pipelines.tokenization import strip_local_files_only
+
+    from .cards import write_cards
+    from .train_loop import fault_point
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {**metrics, "workflow": workflow, "environment": environment()}
+    if samples:
+        metrics["samples"] = samples
+    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
+    try:
+        save_model(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+            strip_local_files_only(staging)
+        atomic_write_json(staging / "metrics.json", metrics)
+        atomic_write_text(staging / "run_config.yaml", yaml.safe_dump(run_config, sort_keys=False))
+        fault_point("final-write")
+        publish_files(staging, out, after_each=lambda: fault_point("final-publish"))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_cards(out)
+    return out
+
+
 def write_model_folder(
     out_dir: str | Path,
     model,
@@ -500,8 +540,6 @@ def write_model_folder(
     samples: list[dict] | None = None,
 ) -> Path:
     """Write the final model, tokenizer, metrics, config, card and report into ``out_dir`` atomically."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)
     if tokenizer is not None:
         from pipelines.tokenization import portable_tokenizer
@@ -510,36 +548,10 @@ def write_model_folder(
         model.config.pad_token_id = tokenizer.pad_token_id
     if generation_config is not None:
         model.generation_config = generation_config
-    metrics = {**metrics, "workflow": workflow, "environment": environment()}
-    if samples:
-        metrics["samples"] = samples
-    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-            strip_local_files_only(staging)
-        atomic_write_json(staging / "metrics.json", metrics)
-        atomic_write_text(staging / "run_config.yaml", yaml.safe_dump(run_config, sort_keys=False))
-        from .train_loop import fault_point
-
-        fault_point("final-write")
-        publish_files(staging, out, after_each=lambda: fault_point("final-publish"))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    from .cards import write_cards
-
-    write_cards(out)
-    return out
-
-
-def strip_local_files_only(folder: Path) -> None:
-    """A tokenizer saved offline records ``local_files_only``; a published folder must not carry it."""
-    path = Path(folder) / "tokenizer_config.json"
-    if path.is_file():
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.pop("local_files_only", None) is not None:
-            atomic_write_json(path, data)
+    return write_run_folder(
+        out_dir, lambda staging: model.save_pretrained(staging, safe_serialization=True), tokenizer,
+        metrics=metrics, run_config=run_config, workflow=workflow, samples=samples,
+    )
 
 
 def read_metrics(folder: str | Path) -> dict:

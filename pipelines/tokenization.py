@@ -35,13 +35,15 @@ def strip_local_files_only(folder) -> None:
     path = Path(folder) / "tokenizer_config.json"
     if not path.is_file():
         return
+    from .fsutil import atomic_write_json
+
     data = json.loads(path.read_text(encoding="utf-8"))
-    if "local_files_only" in data:
-        del data["local_files_only"]
-        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if data.pop("local_files_only", None) is not None:
+        atomic_write_json(path, data)
 
 
-def _set_pad_to_eos(tokenizer):
+def set_pad_to_eos(tokenizer):
+    """GPT-2-style tokenizers have no padding token: pad with end-of-text, so pipelines and batches work."""
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -89,7 +91,7 @@ def load_tokenizer(spec: str):
             tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=True)
         except Exception as err:  # a damaged tokenizer.json raises the tokenizers library's bare Exception
             raise UserError(_tokenizer_error(path, err)) from None
-        return _set_pad_to_eos(tokenizer)
+        return set_pad_to_eos(tokenizer)
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
     try:
         # no code from the network without the user's say-so: a Hub tokenizer must be a standard class
@@ -101,7 +103,7 @@ def load_tokenizer(spec: str):
                 "the network (HF_HUB_OFFLINE is set or the Hub is unreachable): pass a local folder instead"
             ) from err
         raise UserError(f"cannot load tokenizer {spec}: no such local folder, and the Hub says: {err}") from err
-    return _set_pad_to_eos(tokenizer)
+    return set_pad_to_eos(tokenizer)
 
 
 def build_bpe_tokenizer_object(vocab_size: int):
@@ -168,7 +170,7 @@ def portable_tokenizer(tokenizer, context: int):
         )
         tokenizer.chat_template = chat_template
     tokenizer.model_max_length = context
-    return _set_pad_to_eos(tokenizer)
+    return set_pad_to_eos(tokenizer)
 
 
 def _is_byte_level_bpe(tokenizer) -> bool:

@@ -41,20 +41,12 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
+    from pipelines.tokenization import train_bpe_tokenizer
 
     eos = "<|endoftext|>"
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=[eos],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator(["The quick brown fox jumps over the lazy dog. Hello there, how are you?"] * 20, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos, bos_token=eos, pad_token=eos,
-                                        clean_up_tokenization_spaces=False)
+    tokenizer = train_bpe_tokenizer(["The quick brown fox jumps over the lazy dog. Hello there, how are you?"] * 20, 320)
     eos_id = tokenizer.convert_tokens_to_ids(eos)
     config = GPTScratchConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                               max_position_embeddings=128, eos_token_id=eos_id, bos_token_id=eos_id,
