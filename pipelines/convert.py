@@ -2,16 +2,17 @@
 
 Two sources:
 
-* ``convert_hf_gpt2`` -- a Hugging Face ``gpt2`` checkpoint (``GPT2LMHeadModel``, e.g. ``openai-community/gpt2``), a
-  local folder or a Hub id.  Its linear layers are ``Conv1D`` modules that store weights as (in, out); ours are
-  ``nn.Linear`` with (out, in), so those weights are transposed.
-* ``convert_book`` -- a state dict of the book's ``GPTModel`` (*Build a Large Language Model (From Scratch)*,
-  chapter 4), saved with ``torch.save`` (``.pth``) or as ``.safetensors``.  Its separate query/key/value projections
-  are concatenated into our fused ``qkv_proj``.
+* ``convert_hf_gpt2`` (here) -- a Hugging Face ``gpt2`` checkpoint (``GPT2LMHeadModel``, e.g.
+  ``openai-community/gpt2``), a local folder or a Hub id.  Its linear layers are ``Conv1D`` modules that store weights
+  as (in, out); ours are ``nn.Linear`` with (out, in), so those weights are transposed.
+* ``convert_book`` (``pipelines/book_checkpoint.py``) -- a state dict of the book's ``GPTModel`` (*Build a Large
+  Language Model (From Scratch)*, chapter 4), saved with ``torch.save`` (``.pth``) or as ``.safetensors``.
 
-Either way the result is a folder that ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` opens:
-``config.json`` (with ``auto_map``), ``model.safetensors``, the two code files, ``generation_config.json`` and, when the
-source has one, the tokenizer.  The folder appears atomically (written under a temporary name, then renamed).
+Both share the helpers below: a weights file is read as safetensors or with ``torch.load(weights_only=True)`` (never
+arbitrary code), and the result is a folder that ``AutoModelForCausalLM.from_pretrained(folder,
+trust_remote_code=True)`` opens: ``config.json`` (with ``auto_map``), ``model.safetensors``, the two code files,
+``generation_config.json`` and, when the source has one, the tokenizer.  The folder appears atomically (written under
+a temporary name, then renamed).
 
 Every tensor is mapped by name, and the conversion fails -- naming the keys -- unless every parameter of the target
 model was filled exactly once from a tensor of the right shape.
@@ -37,7 +38,7 @@ from .folders import TOKENIZER_FILES, WEIGHT_FILES
 from modeling_gpt_scratch.configuration_gpt_scratch import PRESETS, GPTScratchConfig
 
 # ----------------------------------------------------------------------------------------------------------------
-# shared helpers
+# shared by both imports (this module and pipelines/book_checkpoint.py)
 # ----------------------------------------------------------------------------------------------------------------
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -58,7 +59,7 @@ def check_out_dir(out_dir, overwrite: bool, src=None) -> Path:
     return out
 
 
-def _load_tensor_file(path: Path) -> dict:
+def load_tensor_file(path: Path) -> dict:
     """One weights file: ``.safetensors``, or a pickle read with ``weights_only=True`` (never runs code)."""
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -87,7 +88,7 @@ def _load_tensor_file(path: Path) -> dict:
     return obj
 
 
-def _strip_prefixes(state: dict) -> dict:
+def strip_wrapper_prefixes(state: dict) -> dict:
     """Drop wrappers' prefixes: ``torch.compile`` (``_orig_mod.``) and DDP (``module.``)."""
     out = {}
     for key, value in state.items():
@@ -98,7 +99,7 @@ def _strip_prefixes(state: dict) -> dict:
     return out
 
 
-def _describe_mismatch(missing, unexpected, shape_errors, limit: int = 3) -> str:
+def describe_mismatch(missing, unexpected, shape_errors, limit: int = 3) -> str:
     parts = []
     if missing:
         more = f" and {len(missing) - limit} more" if len(missing) > limit else ""
@@ -140,7 +141,7 @@ def build_model(config: GPTScratchConfig, state: dict, source: str, hint: str = 
             f"the weights of {source} do not fit the model config "
             f"(hidden_size={config.hidden_size}, num_hidden_layers={config.num_hidden_layers}, "
             f"vocab_size={config.vocab_size}, max_position_embeddings={config.max_position_embeddings}): "
-            f"{_describe_mismatch(missing, unexpected, shape_errors)}{hint}"
+            f"{describe_mismatch(missing, unexpected, shape_errors)}{hint}"
         )
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
@@ -234,7 +235,7 @@ _HF_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 def map_hf_gpt2_state_dict(state: dict) -> tuple[dict, list[str]]:
     """Rename (and transpose) an HF gpt2 state dict into ours; returns (mapped, keys that have no counterpart)."""
     mapped, unknown = {}, []
-    for key, tensor in _strip_prefixes(state).items():
+    for key, tensor in strip_wrapper_prefixes(state).items():
         if key == "lm_head.weight":
             mapped[key] = tensor
             continue
@@ -341,7 +342,7 @@ def load_hf_weights(folder: Path) -> dict:
     )
     for single, index in formats:
         if (folder / single).is_file():
-            return _load_tensor_file(folder / single)
+            return load_tensor_file(folder / single)
         if (folder / index).is_file():
             try:
                 shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
@@ -351,7 +352,7 @@ def load_hf_weights(folder: Path) -> dict:
             for shard in shards:
                 if not (folder / shard).is_file():
                     raise UserError(f"{folder / index} lists the shard {shard}, which is missing from {folder}")
-                state.update(_load_tensor_file(folder / shard))
+                state.update(load_tensor_file(folder / shard))
             return state
     raise UserError(
         f"{folder} has no weights: expected model.safetensors or pytorch_model.bin (or a sharded index), "
@@ -389,242 +390,6 @@ def convert_hf_gpt2(src: str, out_dir, overwrite: bool = False) -> Path:
 
         tokenizer = load_tokenizer(str(folder))
     return save_converted(model, out, overwrite, tokenizer)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the book's GPTModel
-# ----------------------------------------------------------------------------------------------------------------
-
-_BOOK_BLOCK_MAP = {
-    "att.out_proj.weight": "att.out_proj.weight",
-    "att.out_proj.bias": "att.out_proj.bias",
-    "ff.layers.0.weight": "ff.fc_in.weight",
-    "ff.layers.0.bias": "ff.fc_in.bias",
-    "ff.layers.2.weight": "ff.fc_out.weight",
-    "ff.layers.2.bias": "ff.fc_out.bias",
-    # the book's own LayerNorm (scale/shift) and, in its faster variants, torch's nn.LayerNorm (weight/bias)
-    "norm1.scale": "norm1.weight",
-    "norm1.shift": "norm1.bias",
-    "norm1.weight": "norm1.weight",
-    "norm1.bias": "norm1.bias",
-    "norm2.scale": "norm2.weight",
-    "norm2.shift": "norm2.bias",
-    "norm2.weight": "norm2.weight",
-    "norm2.bias": "norm2.bias",
-}
-_BOOK_TOP_MAP = {
-    "tok_emb.weight": "transformer.tok_emb.weight",
-    "pos_emb.weight": "transformer.pos_emb.weight",
-    "final_norm.scale": "transformer.final_norm.weight",
-    "final_norm.shift": "transformer.final_norm.bias",
-    "final_norm.weight": "transformer.final_norm.weight",
-    "final_norm.bias": "transformer.final_norm.bias",
-    "out_head.weight": "lm_head.weight",
-}
-_BOOK_BUFFERS = re.compile(r"^trf_blocks\.\d+\.att\.mask$")  # the causal mask buffer, rebuilt by our model
-
-
-def map_book_state_dict(state: dict) -> tuple[dict, list[str], dict]:
-    """Rename a book ``GPTModel`` state dict into ours.
-
-    Returns (mapped, unexpected book keys, per-layer q/k/v parts that are incomplete).  The query, key and value
-    projections (weights and, when present, biases) are concatenated along the output dimension in that order, the
-    order our ``qkv_proj`` splits them in.
-    """
-    mapped, unexpected = {}, []
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, tensor in _strip_prefixes(state).items():
-        if key in _BOOK_TOP_MAP:
-            mapped[_BOOK_TOP_MAP[key]] = tensor
-            continue
-        if _BOOK_BUFFERS.match(key):
-            continue
-        match = re.match(r"^trf_blocks\.(\d+)\.(.+)$", key)
-        if match:
-            layer, rest = match.groups()
-            part = re.match(r"^att\.W_(query|key|value)\.(weight|bias)$", rest)
-            if part:
-                qkv.setdefault((layer, part.group(2)), {})[part.group(1)] = tensor
-                continue
-            if rest in _BOOK_BLOCK_MAP:
-                mapped[f"transformer.blocks.{layer}.{_BOOK_BLOCK_MAP[rest]}"] = tensor
-                continue
-        unexpected.append(key)
-    incomplete = {}
-    for (layer, kind), parts in sorted(qkv.items(), key=lambda item: (int(item[0][0]), item[0][1])):
-        absent = [p for p in ("query", "key", "value") if p not in parts]
-        if absent:
-            incomplete[f"trf_blocks.{layer}.att.W_{{{','.join(absent)}}}.{kind}"] = absent
-            continue
-        shapes = {tuple(parts[p].shape) for p in ("query", "key", "value")}
-        if len(shapes) != 1:
-            raise UserError(
-                f"trf_blocks.{layer}.att W_query/W_key/W_value {kind}s differ in shape "
-                f"({', '.join(str(tuple(parts[p].shape)) for p in ('query', 'key', 'value'))}): not a book GPTModel"
-            )
-        mapped[f"transformer.blocks.{layer}.att.qkv_proj.{kind}"] = torch.cat(
-            [parts["query"], parts["key"], parts["value"]], dim=0
-        )
-    return mapped, unexpected, incomplete
-
-
-def load_config_spec(spec: str | None) -> tuple[dict, set]:
-    """A config dict from a preset name or a JSON file (the book's cfg dict or our config.json).
-
-    Returns (kwargs for ``GPTScratchConfig``, the keys the user stated explicitly -- presets state none of
-    ``qkv_bias``/``tie_word_embeddings`` as facts about a particular checkpoint).
-    """
-    if spec is None:
-        return {}, set()
-    if spec in PRESETS:
-        return dict(PRESETS[spec]), set()
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise UserError(
-            f"--config {spec} is neither a preset ({', '.join(PRESETS)}) nor an existing JSON file: pass one of them"
-        )
-    try:
-        cfg = json.loads(path.read_text())
-    except ValueError as err:
-        raise UserError(f"--config {path} is not valid JSON ({err})") from err
-    if not isinstance(cfg, dict):
-        raise UserError(f"--config {path} must hold a JSON object (the book's cfg dict or a config.json)")
-    if cfg.get("model_type") not in (None, GPTScratchConfig.model_type):
-        raise UserError(
-            f"--config {path} describes a '{cfg['model_type']}' model, not '{GPTScratchConfig.model_type}': "
-            "pass the book's cfg dict, a gpt_scratch config.json or a preset name"
-        )
-    drop = {"model_type", "architectures", "auto_map", "transformers_version", "dtype", "torch_dtype"}
-    cfg = {k: v for k, v in cfg.items() if k not in drop}
-    return cfg, {k for k in ("qkv_bias", "tie_word_embeddings") if k in cfg}
-
-
-def _infer_book_config(state: dict) -> dict:
-    """Sizes read off the tensors, for a book state dict given without ``--config``.
-
-    Widths, layer count, vocabulary and context come from shapes; the head count does not show in any shape, so it
-    is taken from the GPT-2 preset of the same width (768 -> 12, 1024 -> 16, 1280 -> 20, 1600 -> 25).
-    """
-    if "tok_emb.weight" not in state or "pos_emb.weight" not in state:
-        raise UserError("the checkpoint has no tok_emb.weight/pos_emb.weight: it is not a book GPTModel state dict")
-    vocab, width = state["tok_emb.weight"].shape
-    context = state["pos_emb.weight"].shape[0]
-    layers = 1 + max((int(m.group(1)) for k in state if (m := re.match(r"^trf_blocks\.(\d+)\.", k))), default=-1)
-    heads = {p["hidden_size"]: p["num_attention_heads"] for p in PRESETS.values()}
-    if width not in heads:
-        raise UserError(
-            f"the checkpoint has emb_dim={width}, which matches no preset width, so the head count is unknown: pass "
-            "--config with the book's cfg dict (a JSON with n_heads)"
-        )
-    return dict(
-        vocab_size=vocab, hidden_size=width, max_position_embeddings=context, num_hidden_layers=layers,
-        num_attention_heads=heads[width],
-    )
-
-
-def convert_book(pth_path, config: str | None, out_dir, overwrite: bool = False) -> Path:
-    """Convert a state dict of the book's ``GPTModel`` into a GPTScratch folder.
-
-    ``config`` is a preset name (``gpt2-small``, ...) or a JSON file with the book's cfg dict (``emb_dim``,
-    ``n_heads``, ...) or our ``config.json``; ``None`` infers the sizes from the tensor shapes.
-
-    Two choices are read off the weights rather than the config, because they are facts about the checkpoint:
-
-    * ``qkv_bias`` is true exactly when the checkpoint has ``W_query.bias``.  A JSON config that states the opposite
-      is an error (presets only name sizes, so they follow the checkpoint).
-    * The output head is tied to the token embedding only when ``out_head.weight`` equals ``tok_emb.weight``
-      exactly (as in the book's ``load_weights_into_gpt``); then it is stored once.  Otherwise it stays separate,
-      even with a preset that ties: tying would silently replace the trained head.  A JSON config that asks for tying
-      while the two differ is an error; one that says ``tie_word_embeddings: false`` keeps two tensors even when
-      they are equal.  A checkpoint without ``out_head.weight`` is tied unless the config says otherwise.
-    """
-    path = Path(pth_path).expanduser()
-    out = check_out_dir(out_dir, overwrite)
-    if not path.is_file():
-        raise UserError(
-            f"--src {path} is not a file: pass the .pth (torch.save of the state dict) or .safetensors file"
-        )
-    state = _strip_prefixes(_load_tensor_file(path))
-    cfg, stated = load_config_spec(config)
-    if config is None:
-        cfg = _infer_book_config(state)
-
-    has_qkv_bias = any(re.match(r"^trf_blocks\.\d+\.att\.W_query\.bias$", k) for k in state)
-    if "qkv_bias" in stated and bool(cfg["qkv_bias"]) != has_qkv_bias:
-        raise UserError(
-            f"--config {config} says qkv_bias={cfg['qkv_bias']}, but {path} "
-            f"{'has' if has_qkv_bias else 'has no'} query/key/value biases: set qkv_bias to {has_qkv_bias}"
-        )
-    cfg["qkv_bias"] = has_qkv_bias
-
-    emb, head = state.get("tok_emb.weight"), state.get("out_head.weight")
-    identical = emb is not None and head is not None and emb.shape == head.shape and torch.equal(emb, head)
-    if cfg.get("tie_word_embeddings") and "tie_word_embeddings" in stated and head is not None and not identical:
-        raise UserError(
-            f"--config {config} says tie_word_embeddings=true, but out_head.weight differs from tok_emb.weight in "
-            f"{path}: tying would discard the trained output head; set tie_word_embeddings to false"
-        )
-    if "tie_word_embeddings" in stated and not cfg["tie_word_embeddings"]:
-        cfg["tie_word_embeddings"] = False  # stated untied: keep two tensors even if equal (e.g. to train apart)
-    else:
-        cfg["tie_word_embeddings"] = identical or (head is None and cfg.get("tie_word_embeddings", True))
-    try:
-        gpt_config = GPTScratchConfig(**cfg)
-    except (TypeError, ValueError) as err:
-        raise UserError(f"--config {config}: {err}") from err
-
-    mapped, unexpected, incomplete = map_book_state_dict(state)
-    if unexpected or incomplete:
-        missing = list(incomplete)
-        raise UserError(
-            f"the weights of {path} do not fit a book GPTModel: "
-            f"{_describe_mismatch(missing, unexpected, [])}"
-        )
-    if gpt_config.tie_word_embeddings:
-        mapped.pop("lm_head.weight", None)
-    try:
-        model = build_model(gpt_config, mapped, str(path), hint=_book_hint(gpt_config, config))
-    except UserError as err:
-        # name keys in the book's terms, which is what the user's file holds
-        raise UserError(_to_book_names(str(err))) from None
-    return save_converted(model, out, overwrite, tokenizer=_gpt2_tokenizer_if_available(gpt_config))
-
-
-def _book_hint(config: GPTScratchConfig, spec) -> str:
-    src = f"--config {spec}" if spec else "the inferred config"
-    return f" (check that {src} matches the checkpoint)"
-
-
-_OURS_TO_BOOK = [
-    (r"transformer\.blocks\.(\d+)\.att\.qkv_proj\.(weight|bias)", r"trf_blocks.\1.att.W_query/W_key/W_value.\2"),
-    (r"transformer\.blocks\.(\d+)\.ff\.fc_in", r"trf_blocks.\1.ff.layers.0"),
-    (r"transformer\.blocks\.(\d+)\.ff\.fc_out", r"trf_blocks.\1.ff.layers.2"),
-    (r"transformer\.blocks\.(\d+)\.(norm[12])\.weight", r"trf_blocks.\1.\2.scale"),
-    (r"transformer\.blocks\.(\d+)\.(norm[12])\.bias", r"trf_blocks.\1.\2.shift"),
-    (r"transformer\.blocks\.(\d+)\.", r"trf_blocks.\1."),
-    (r"transformer\.final_norm\.weight", "final_norm.scale"),
-    (r"transformer\.final_norm\.bias", "final_norm.shift"),
-    (r"transformer\.(tok_emb|pos_emb)", r"\1"),
-    (r"lm_head\.weight", "out_head.weight"),
-]
-
-
-def _to_book_names(message: str) -> str:
-    for pattern, repl in _OURS_TO_BOOK:
-        message = re.sub(pattern, repl, message)
-    return message
-
-
-def _gpt2_tokenizer_if_available(config: GPTScratchConfig):
-    """The book uses GPT-2's BPE (tiktoken ``gpt2``); include HF's copy when it is cached and the vocab fits."""
-    if config.vocab_size != 50257:
-        return None
-    try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained("openai-community/gpt2", local_files_only=True)
-    except Exception:
-        return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -705,6 +470,8 @@ def convert_main(args: argparse.Namespace) -> int:
         elif source_format == "hf-gpt2":
             out = convert_hf_gpt2(args.src, args.out, overwrite=args.overwrite)
         else:
+            from pipelines.book_checkpoint import convert_book
+
             out = convert_book(args.src, args.config, args.out, overwrite=args.overwrite)
     if target_format is not None:
         print(
@@ -712,8 +479,8 @@ def convert_main(args: argparse.Namespace) -> int:
             f"its logits differ from the source's by at most {result.max_abs_diff:.1e})",
             file=sys.stdout,
         )
-        for note in result.notes:
-            print(f"note: {note}", file=sys.stdout)
+        for caveat in result.caveats:
+            print(f"note: {caveat}", file=sys.stdout)
         return 0
     print(f"converted {args.src} -> {out}", file=sys.stdout)
     return 0
@@ -721,7 +488,6 @@ def convert_main(args: argparse.Namespace) -> int:
 
 __all__ = [
     "convert_hf_gpt2",
-    "convert_book",
     "make_generation_config",
     "add_convert_arguments",
     "convert_main",

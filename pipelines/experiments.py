@@ -42,21 +42,27 @@ def add_experiments_arguments(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="re-run variants whose run folder exists")
 
 
-def load_plan(path: str, out_override: str | None = None) -> dict:
-    plan = config_schema.load_yaml(path)
-    unknown = set(plan) - TOP_KEYS
+def load_experiment_runs(path: str, out_override: str | None = None) -> dict:
+    """The experiments YAML at ``path``, resolved into every run's full settings, each checked before any starts.
+
+    Returns ``{"out": folder, "runs": name -> settings, "changes": name -> the settings that differ from the
+    baseline}``; the baseline comes first.
+    """
+    experiments_yaml = config_schema.load_yaml(path)
+    unknown = set(experiments_yaml) - TOP_KEYS
     if unknown:
         raise UserError(f"unknown key(s) {', '.join(sorted(unknown))} in '{path}': valid keys are {', '.join(sorted(TOP_KEYS))}")
-    if not plan.get("variants"):
+    if not experiments_yaml.get("variants"):
         raise UserError(f"'{path}' defines no variants: add a 'variants:' mapping of name -> changed keys")
     base = {}
-    if plan.get("base"):
-        base_path = Path(plan["base"])
+    if experiments_yaml.get("base"):
+        base_path = Path(experiments_yaml["base"])
         if not base_path.is_absolute() and not base_path.exists():
             base_path = REPO / base_path
         base = config_schema.load_yaml(base_path)
-    runs = {"baseline": {**base, **(plan.get("common") or {}), **(plan.get("baseline") or {})}}
-    for name, changes in plan["variants"].items():
+    common, baseline = experiments_yaml.get("common") or {}, experiments_yaml.get("baseline") or {}
+    runs = {"baseline": {**base, **common, **baseline}}
+    for name, changes in experiments_yaml["variants"].items():
         if name == "baseline":
             raise UserError("a variant may not be called 'baseline'")
         runs[name] = {**runs["baseline"], **(changes or {})}
@@ -68,7 +74,8 @@ def load_plan(path: str, out_override: str | None = None) -> dict:
         except UserError as exc:
             raise UserError(f"'{path}' (run '{name}'): {exc}") from None
     changes = {name: {k: v for k, v in values.items() if runs["baseline"].get(k) != v} for name, values in runs.items()}
-    return {"out": Path(out_override or plan.get("out") or "runs/experiments"), "runs": runs, "changes": changes}
+    out = Path(out_override or experiments_yaml.get("out") or "runs/experiments")
+    return {"out": out, "runs": runs, "changes": changes}
 
 
 def _run_one(name: str, values: dict, changes: dict, out: Path, overwrite: bool) -> dict:
@@ -97,15 +104,15 @@ def _run_one(name: str, values: dict, changes: dict, out: Path, overwrite: bool)
 
 
 def experiments_main(args) -> int:
-    plan = load_plan(args.config, args.out)
-    out: Path = plan["out"]
-    runs: dict = plan["runs"]
+    experiment = load_experiment_runs(args.config, args.out)
+    out: Path = experiment["out"]
+    runs: dict = experiment["runs"]
     if args.only:
         missing = [n for n in args.only if n not in runs]
         if missing:
             raise UserError(f"unknown variant(s) {', '.join(missing)}: choose from {', '.join(runs)}")
         runs = {n: v for n, v in runs.items() if n == "baseline" or n in args.only}
-    baseline, changes = runs["baseline"], plan["changes"]
+    baseline, changes = runs["baseline"], experiment["changes"]
     out.mkdir(parents=True, exist_ok=True)
 
     # One tokenizer and one token cache for every run, so that all of them see exactly the same data.

@@ -1,6 +1,6 @@
 """Export a GPTScratch folder to a plain Hugging Face ``gpt2`` folder: ``gpt-scratch convert --to hf-gpt2``.
 
-The reverse of ``convert --from hf-gpt2`` (``modeling_gpt_scratch/convert.py``, whose name tables this module inverts,
+The reverse of ``convert --from hf-gpt2`` (``pipelines/convert.py``, whose name tables this module inverts,
 so the two directions cannot drift apart).  The result opens with transformers' own classes -- ``GPT2LMHeadModel``
 or ``GPT2ForSequenceClassification``, through ``AutoModelFor...`` -- without ``trust_remote_code``: a ``config.json``
 with ``model_type: gpt2`` and no ``auto_map``, ``model.safetensors`` written by that class's ``save_pretrained``, the
@@ -54,12 +54,13 @@ _PROBE_TEXTS = (
 
 @dataclass
 class ExportResult:
-    """What ``export_hf_gpt2`` wrote: the folder, the transformers class, the probe's largest logit difference."""
+    """What ``export_hf_gpt2`` wrote: the folder, the transformers class, the probe's largest logit difference, and
+    the caveats: how the export differs from its source (no tokenizer, a folded score bias, GPT-2's pooling)."""
 
     out: Path
     architecture: str
     max_abs_diff: float
-    notes: list[str] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -409,9 +410,9 @@ def export_hf_gpt2(src, out_dir, overwrite: bool = False, fold_score_bias: bool 
         pad = tokenizer.pad_token_id
     if pad is None:
         pad = config.eos_token_id
-    notes = []
+    caveats = []
     if tokenizer is None:
-        notes.append(f"{source} has no tokenizer, so the export has none")
+        caveats.append(f"{source} has no tokenizer, so the export has none")
     elif len(tokenizer) > config.vocab_size:
         raise UserError(
             f"--src {folder}: its tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size} "
@@ -428,16 +429,16 @@ def export_hf_gpt2(src, out_dir, overwrite: bool = False, fold_score_bias: bool 
         if shift is not None:
             beta = mapped["transformer.ln_f.bias"]
             mapped["transformer.ln_f.bias"] = (beta.double() + shift).to(beta.dtype)
-            notes.append(
+            caveats.append(
                 "score bias folded into ln_f.bias (same logits; the final hidden states are shifted by a constant)"
             )
         if pad is None:
-            notes.append(
+            caveats.append(
                 "no padding token anywhere: GPT2ForSequenceClassification scores the last token of each row and takes "
                 "no batches of more than one row"
             )
         else:
-            notes.append(
+            caveats.append(
                 f"GPT2ForSequenceClassification pools the last token whose id is not pad_token_id={pad} and ignores "
                 "the attention mask (gpt-scratch follows the mask): the same unless a text ends in the padding token"
             )
@@ -467,7 +468,7 @@ def export_hf_gpt2(src, out_dir, overwrite: bool = False, fold_score_bias: bool 
         expected = _logits64(model, ids)
         del model
         diff = check_export(tmp, architecture, ids, expected, tokenizer, source)
-    return ExportResult(out=out, architecture=_TARGET_CLASS[architecture], max_abs_diff=diff, notes=notes)
+    return ExportResult(out=out, architecture=_TARGET_CLASS[architecture], max_abs_diff=diff, caveats=caveats)
 
 
 __all__ = ["ExportResult", "export_hf_gpt2", "map_to_hf_gpt2_state_dict", "score_bias_plan", "gpt2_config_from_ours"]

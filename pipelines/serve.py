@@ -7,20 +7,12 @@ batcher's counters), ``POST /v1/completions`` (continue ``prompt``: a string or 
 frame of ``pipelines.prompts.render_transcript`` and stops where it starts the next user turn).  Both POST endpoints
 honour ``max_tokens`` (or ``max_completion_tokens``), ``temperature`` (0 = greedy; default 1), ``top_p``, ``top_k``
 (an extension), ``stop``, ``seed`` and ``stream``: server-sent events in OpenAI's chunk shapes, ``data: [DONE]`` last,
-a usage chunk with ``stream_options.include_usage``.  Unsupported options (``n`` > 1, ``logprobs``, ``echo``, tools)
-are refused, not ignored.
+a usage chunk with ``stream_options.include_usage``.
 
-**Batching.**  One worker thread owns the engine.  Requests wait in a bounded queue (``--max-queue``; full: 429 at
-once); the worker takes up to ``--max-batch-size`` of them -- all that arrived within ``--batch-wait-ms`` of the
-oldest -- and decodes them together (``Engine.run``; rows leave the batch as they finish); requests arriving meanwhile
-form the next batch.  Text pieces travel from the worker to the event loop through one buffer the loop drains
-(``loop.call_soon_threadsafe``), so each stream goes out as it is decoded.  A request still queued after
-``--request-timeout`` seconds gets 503; a client that hangs up while queued loses its place, one that hangs up
-mid-stream has its text dropped (its row ends with its batch).
-
-**Errors** are JSON ``{"error": {"message", "type", "param", "code"}}``: 400 for anything invalid (pydantic's JSON
-parser refuses NaN, Infinity and lone surrogates; pydantic models in strict mode refuse ``"4"`` for 4 and out-of-range
-values), 401 (``--api-key`` set, no ``Authorization: Bearer KEY``), 404, 405, 413 (over 8 MiB), 429, 503.  The server
+The request bodies, their validation and the JSON errors are :mod:`pipelines.serve_requests`; the queue and the
+worker thread that decodes requests in batches are :mod:`pipelines.serve_batcher`.  This module holds the model
+behind the server, the app and its endpoints, the listening socket and the command line.  A request still queued
+after ``--request-timeout`` seconds gets 503; a client that hangs up while queued loses its place.  The server
 listens on 127.0.0.1 unless ``--host`` says otherwise.
 """
 
@@ -28,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import errno
 import hmac
@@ -38,174 +29,20 @@ import socket
 import sys
 import threading
 import time
-import traceback
 import uuid
 from pathlib import Path
-from typing import Any, Literal
 
-import pydantic_core
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import UserError
-from .prompts import ALPACA_STOP_STRINGS, STOP_STRINGS, message_text, render_transcript
+from .prompts import ALPACA_STOP_STRINGS, STOP_STRINGS, render_transcript
+from .serve_batcher import Batcher, Job
+from .serve_requests import APIError, ChatRequest, CompletionRequest, Message, Sampling, parse_body
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
-MAX_STOP_STRINGS = 16
-MAX_STOP_LENGTH = 256  # characters; the stop filter's work per token grows with the longest
-MAX_INT = 2**31 - 1
 MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy decoding (and dividing the logits by it would overflow)
-ROLES = ("system", "developer", "user", "assistant")
-UNSUPPORTED = {  # option -> the values that mean "off"
-    "n": (1,), "best_of": (1,), "logprobs": (False, 0), "top_logprobs": (0,), "echo": (False,),
-    "tools": ([],), "functions": ([],), "suffix": ("",),
-}
-
-
-class APIError(Exception):
-    """A request the server refuses; becomes an OpenAI-style JSON error."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
-                 code: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
-        self.headers = headers
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# request bodies: pydantic models, strict
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class _Body(BaseModel):
-    # unknown fields (user, presence_penalty, ...) are accepted and ignored, as OpenAI-compatible servers do
-    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
-
-
-class StreamOptions(_Body):
-    include_usage: bool | None = None
-
-
-class Sampling(_Body):
-    """The options both POST endpoints share."""
-
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=1, le=MAX_INT)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_INT)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=MAX_INT)
-    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # torch.Generator.manual_seed's range
-    stop: Any = Field(None, validate_default=True)  # -> a list of strings
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, value):
-        stops = [] if value is None else [value] if isinstance(value, str) else value
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise ValueError("must be a string or a list of strings")
-        if len(stops) > MAX_STOP_STRINGS:
-            raise ValueError(f"takes at most {MAX_STOP_STRINGS} strings")
-        if any(len(s) > MAX_STOP_LENGTH for s in stops):
-            raise ValueError(f"stop strings are at most {MAX_STOP_LENGTH} characters")
-        return [s for s in stops if s]
-
-
-class CompletionRequest(Sampling):
-    prompt: Any
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt(cls, value):
-        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
-            value = value[0]
-        if isinstance(value, str):
-            return value
-        if isinstance(value, list) and all(type(t) is int for t in value):
-            return value
-        raise ValueError("must be a string (or one string in a list, or a list of token ids)")
-
-
-class Message(_Body):
-    role: Literal[ROLES]
-    content: Any = None
-    input: str | None = None  # the Alpaca template's optional input (see pipelines.prompts)
-
-    @field_validator("content")
-    @classmethod
-    def _text(cls, value):
-        return message_text(value)  # a ValueError for non-text content parts
-
-
-class ChatRequest(Sampling):
-    messages: list[Message] = Field(min_length=1)
-
-    @field_validator("messages")
-    @classmethod
-    def _needs_user(cls, messages):
-        if not any(m.role == "user" for m in messages):
-            raise ValueError("needs at least one user message")
-        return messages
-
-
-def _shown(value, limit: int = 80) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _refuse_unsupported(data) -> None:
-    for name, allowed in UNSUPPORTED.items():
-        value = data.get(name) if isinstance(data, dict) else None
-        if value is not None and not any(type(value) is type(a) and value == a for a in allowed):
-            raise APIError(400, f"'{name}': only {name}={json.dumps(allowed[0])} is supported by this server, not "
-                           f"{_shown(value)}", name)
-
-
-def _validation_error(err: ValidationError) -> APIError:
-    first = err.errors(include_url=False)[0]
-    loc = first.get("loc") or ()
-    if not loc:
-        return APIError(400, "the request body must be a JSON object")
-    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
-    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    if first.get("type") not in ("missing", "value_error", "too_short", "too_long"):  # those say it already
-        message += f", not {_shown(first.get('input'))}"
-    return APIError(400, f"'{where}': {message}", str(loc[0]))
-
-
-async def parse_body(request: Request, model: type[BaseModel]):
-    """The request's JSON body as ``model``: 413 past ``MAX_BODY_BYTES``, 400 for bad JSON or bad values."""
-    too_big = APIError(413, f"the request body is over {MAX_BODY_BYTES // (1024 * 1024)} MiB")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise too_big
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise too_big
-    try:  # pydantic's parser: strict JSON (no NaN/Infinity, no lone surrogates, no invalid UTF-8)
-        data = pydantic_core.from_json(bytes(raw), allow_inf_nan=False)
-    except ValueError as err:
-        hint = " (a lone UTF-16 surrogate is not text)" if "surrogate" in str(err) or "hex escape" in str(err) else (
-            " (NaN and Infinity are not JSON numbers)" if b"NaN" in raw or b"Infinity" in raw else "")
-        raise APIError(400, f"the request body is not valid JSON: {err}{hint}") from None
-    _refuse_unsupported(data)
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        raise _validation_error(err) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -259,149 +96,6 @@ class Service:
             prompt, max_new_tokens=max_tokens, temperature=temperature, top_k=body.top_k or 0, top_p=top_p,
             seed=body.seed, stop=[*frame_stops, *body.stop], trim=trim,
         )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the batcher: one worker thread, a bounded queue, batches decoded together
-# ----------------------------------------------------------------------------------------------------------------
-
-DONE = object()  # the last item of a job: its request is filled in
-STARTED = object()
-
-
-class Job:
-    """One request on its way through the batcher; ``items`` receives text pieces, then DONE or an APIError."""
-
-    def __init__(self, request, stream: bool):
-        self.request, self.stream = request, stream
-        self.items: asyncio.Queue = asyncio.Queue()
-        self.started = asyncio.Event()
-        self.enqueued = time.monotonic()
-        self.state = "queued"  # -> "running", or "withdrawn" (timed out / client gone before it ran)
-        self.cancelled = False  # the client went away: drop its text
-
-
-class Batcher:
-    def __init__(self, engine, max_batch_size: int = 8, max_queue: int = 64, batch_wait: float = 0.015):
-        self.engine = engine
-        self.max_batch_size, self.max_queue, self.batch_wait = max_batch_size, max_queue, batch_wait
-        self.pending: collections.deque[Job] = collections.deque()
-        self.cond = threading.Condition()
-        self.closing = False
-        self.running = 0
-        self.batch_sizes: collections.Counter = collections.Counter()
-        self.outbox: list = []  # (job, item) pairs on their way to the event loop
-        self.flush_scheduled = False
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread: threading.Thread | None = None
-
-    # -- the event loop's side ------------------------------------------------------------------------------------
-    def start(self, loop) -> None:
-        self.loop, self.closing = loop, False
-        self.thread = threading.Thread(target=self._work, name="gpt-scratch-batcher", daemon=True)
-        self.thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        with self.cond:
-            self.closing = True
-            left, self.pending = list(self.pending), collections.deque()
-            self.cond.notify_all()
-        for job in left:
-            self._post(job, APIError(503, "the server is shutting down", kind="server_error"))
-        if self.thread is not None:
-            self.thread.join(timeout)
-
-    def submit(self, job: Job) -> None:
-        with self.cond:
-            if self.closing:
-                raise APIError(503, "the server is shutting down", kind="server_error")
-            if len(self.pending) >= self.max_queue:
-                raise APIError(429, f"the server is busy: {len(self.pending)} requests are already waiting "
-                               "(--max-queue); retry shortly", kind="rate_limit_error", code="queue_full",
-                               headers={"Retry-After": "1"})
-            self.pending.append(job)
-            self.cond.notify()
-
-    def withdraw(self, job: Job) -> bool:
-        """Take a job out of the queue if it has not started; False if it already runs."""
-        with self.cond:
-            if job.state != "queued":
-                return False
-            self.pending.remove(job)
-            job.state = "withdrawn"
-            return True
-
-    def stats(self) -> dict:
-        with self.cond:
-            sizes = dict(sorted(self.batch_sizes.items()))
-            return {"queued": len(self.pending), "running": self.running, "batches": sum(sizes.values()),
-                    "largest_batch": max(sizes, default=0), "batch_sizes": {str(k): v for k, v in sizes.items()},
-                    "max_batch_size": self.max_batch_size, "max_queue": self.max_queue}
-
-    def _flush(self) -> None:
-        with self.cond:
-            items, self.outbox, self.flush_scheduled = self.outbox, [], False
-        for job, item in items:
-            if item is STARTED:
-                job.started.set()
-            else:
-                job.items.put_nowait(item)
-
-    # -- the worker's side ----------------------------------------------------------------------------------------
-    def _post(self, job: Job, item) -> None:
-        """Hand ``item`` to ``job`` on the event loop; one wake-up carries everything posted until the loop runs."""
-        with self.cond:
-            self.outbox.append((job, item))
-            wake, self.flush_scheduled = not self.flush_scheduled, True
-        if wake:
-            try:
-                self.loop.call_soon_threadsafe(self._flush)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
-
-    def _next_batch(self) -> list[Job] | None:
-        """Wait for work; then for the batch to fill or ``batch_wait`` past its oldest request.  None: closing."""
-        with self.cond:
-            while True:
-                while not self.pending and not self.closing:
-                    self.cond.wait()
-                if self.closing:
-                    return None
-                deadline = self.pending[0].enqueued + self.batch_wait
-                while self.pending and len(self.pending) < self.max_batch_size and not self.closing:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self.cond.wait(remaining)
-                if self.pending and not self.closing:
-                    jobs = [self.pending.popleft() for _ in range(min(len(self.pending), self.max_batch_size))]
-                    for job in jobs:
-                        job.state = "running"
-                    self.running = len(jobs)
-                    self.batch_sizes[len(jobs)] += 1
-                    return jobs
-
-    def _work(self) -> None:
-        while (jobs := self._next_batch()) is not None:
-            jobs_of = {id(job.request): job for job in jobs}
-            for job in jobs:
-                self._post(job, STARTED)
-
-            def on_text(request, piece):
-                job = jobs_of[id(request)]
-                if job.stream and not job.cancelled:
-                    self._post(job, piece)
-
-            try:
-                self.engine.run([job.request for job in jobs], on_text=on_text)
-                outcome = DONE
-            except Exception as err:  # a bug, not the client's fault: these requests fail, the server goes on
-                traceback.print_exc(file=sys.stderr)
-                outcome = APIError(500, f"generation failed: {type(err).__name__}: {err}", kind="server_error")
-            with self.cond:
-                self.running = 0
-            for job in jobs:
-                self._post(job, outcome)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -705,5 +399,5 @@ def serve_main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["make_server", "server_url", "bind", "create_app", "APIServer", "Service", "Batcher", "Job", "APIError",
-           "CompletionRequest", "ChatRequest", "add_serve_arguments", "serve_main"]
+__all__ = ["make_server", "server_url", "bind", "create_app", "APIServer", "Service", "add_serve_arguments",
+           "serve_main"]

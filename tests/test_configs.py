@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from pipelines import config as schema
-from pipelines.experiments import load_plan
+from pipelines.experiments import load_experiment_runs
 from pipelines.pretrain import PretrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -28,9 +28,9 @@ def test_gpu_recipes_budget():
 
 
 def test_experiments_config_parses():
-    plan = load_plan(str(CONFIGS / "experiments-tiny-cpu.yaml"))
-    assert "baseline" in plan["runs"] and len(plan["runs"]) == 8
-    assert plan["changes"]["amp-bf16"] == {"mixed_precision": "bf16"}
+    experiment = load_experiment_runs(str(CONFIGS / "experiments-tiny-cpu.yaml"))
+    assert "baseline" in experiment["runs"] and len(experiment["runs"]) == 8
+    assert experiment["changes"]["amp-bf16"] == {"mixed_precision": "bf16"}
 
 
 def test_accelerate_configs_are_yaml():

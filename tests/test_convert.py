@@ -13,7 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from pipelines.convert import add_convert_arguments, convert_book, convert_hf_gpt2, convert_main
+from pipelines.book_checkpoint import convert_book
+from pipelines.convert import add_convert_arguments, convert_hf_gpt2, convert_main
 from pipelines.tokenization import train_bpe_tokenizer
 from pipelines.errors import UserError
 from pipelines.generate import add_generate_arguments, generate_main

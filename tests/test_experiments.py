@@ -16,14 +16,14 @@ def test_experiments_table_and_shared_setup(tmp_path, capsys):
         "learning_rate": 0.003, "mixed_precision": "no", "sample_tokens": 4, "seed": 3,
     }
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    plan = {
+    experiments_yaml = {
         "base": str(tmp_path / "base.yaml"),
         "out": str(tmp_path / "exp"),
         "baseline": {"grad_clip": 0.0, "weight_decay": 0.01},
         "variants": {"gradient-clipping": {"grad_clip": 1.0}, "weight-decay-0.1": {"weight_decay": 0.1}},
     }
-    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
-    assert main(["experiments", "--config", str(tmp_path / "plan.yaml")]) == 0
+    (tmp_path / "experiments.yaml").write_text(yaml.safe_dump(experiments_yaml))
+    assert main(["experiments", "--config", str(tmp_path / "experiments.yaml")]) == 0
     out = tmp_path / "exp"
     results = json.loads((out / "results.json").read_text())
     rows = {r["run"]: r for r in results["runs"]}
@@ -45,7 +45,7 @@ def test_experiments_table_and_shared_setup(tmp_path, capsys):
 
 
 def test_experiments_unknown_key(tmp_path, capsys):
-    (tmp_path / "plan.yaml").write_text(yaml.safe_dump({"variants": {"x": {"grad_clp": 1.0}}}))
-    assert main(["experiments", "--config", str(tmp_path / "plan.yaml")]) == 2
+    (tmp_path / "experiments.yaml").write_text(yaml.safe_dump({"variants": {"x": {"grad_clp": 1.0}}}))
+    assert main(["experiments", "--config", str(tmp_path / "experiments.yaml")]) == 2
     err = capsys.readouterr().err
     assert "grad_clip" in err and "Traceback" not in err

@@ -124,7 +124,7 @@ def test_classifier_with_zero_bias(tmp_path, tokenizer):
     src = save_run(ours, tokenizer, tmp_path / "run")
     result = export_hf_gpt2(src, tmp_path / "gpt2")
     assert result.architecture == "GPT2ForSequenceClassification"
-    assert any("pad_token_id" in note for note in result.notes)  # the pooling difference is spelled out
+    assert any("pad_token_id" in note for note in result.caveats)  # the pooling difference is spelled out
     assert {p.name for p in result.out.iterdir()} == EXPORTED_FILES - {"generation_config.json"}
     theirs = GPT2ForSequenceClassification.from_pretrained(result.out).eval()
     assert theirs.score.bias is None
@@ -149,7 +149,7 @@ def test_classifier_bias_is_refused_or_folded(tmp_path, tokenizer):
     assert not (tmp_path / "refused").exists()
 
     result = export_hf_gpt2(src, tmp_path / "folded", fold_score_bias=True)
-    assert any("folded" in note for note in result.notes)
+    assert any("folded" in note for note in result.caveats)
     theirs = GPT2ForSequenceClassification.from_pretrained(result.out).eval()
     with torch.no_grad():
         for ids in rows(tokenizer):
