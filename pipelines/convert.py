@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .folders import TOKENIZER_FILES, WEIGHT_FILES
+from .folders import TOKENIZER_FILES, WEIGHT_FILES, offline_flag
 
 from modeling_gpt_scratch.configuration_gpt_scratch import PRESETS, GPTScratchConfig
 
@@ -331,7 +330,7 @@ def resolve_source(src: str) -> Path:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+    return offline_flag(("HF_HUB_OFFLINE",)) is not None
 
 
 def load_hf_weights(folder: Path) -> dict:

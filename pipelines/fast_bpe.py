@@ -254,12 +254,12 @@ def _build_encoder(model: dict):
     if max(vocab.values(), default=0) >= 2**32 - 1 or min(vocab.values(), default=0) < 0:
         raise ValueError("token ids out of range")
     triples = []
-    seen = set()
+    merges_met = set()
     for m in model.get("merges") or []:
         left, right = m.split(" ", 1) if isinstance(m, str) else m
-        if (left, right) in seen:
+        if (left, right) in merges_met:
             raise ValueError(f"merge {left!r} {right!r} is listed twice")
-        seen.add((left, right))
+        merges_met.add((left, right))
         try:
             triples += (vocab[left], vocab[right], vocab[left + right])
         except KeyError:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .folders import offline_flag
 from .losses import token_cross_entropy
 
 DEFAULT_SOURCE = "HuggingFaceFW/fineweb:sample-10BT"
@@ -92,13 +92,13 @@ def tokenised_slice(spec: str | None, tokenizer, start: int, count: int) -> np.n
 
     hub = spec is None or data.resolve_source(spec)[0] == "hub"
     if hub:
-        for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-            if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on"):
-                raise UserError(
-                    f"the fineweb-test stream '{spec or DEFAULT_SOURCE}' is a Hub dataset, which needs the network "
-                    f"({flag} is set): pass a local token file (llm.c .bin, .npy), a token-shard folder or text "
-                    "with --data"
-                )
+        flag = offline_flag()
+        if flag:
+            raise UserError(
+                f"the fineweb-test stream '{spec or DEFAULT_SOURCE}' is a Hub dataset, which needs the network "
+                f"({flag} is set): pass a local token file (llm.c .bin, .npy), a token-shard folder or text "
+                "with --data"
+            )
     eos = tokenizer.eos_token_id
     if eos is None:
         raise UserError("the model's tokenizer has no end-of-text token to put between documents")

@@ -27,10 +27,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pickle
 from pathlib import Path
 
 from .errors import UserError
+
+OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+"""Environment variables that forbid reaching the Hub (any of ``1``/``true``/``yes``/``on``, case-insensitive)."""
+
+
+def offline_flag(flags: tuple[str, ...] = OFFLINE_FLAGS) -> str | None:
+    """The first of ``flags`` set to a true value, or None when the Hub may be reached.  Model and tokenizer
+    downloads heed only ``HF_HUB_OFFLINE`` (pass ``("HF_HUB_OFFLINE",)``); data sets heed both."""
+    for flag in flags:
+        if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on"):
+            return flag
+    return None
+
 
 CONFIG_FILE = "config.json"
 # any one of these marks a folder that holds weights / a saved tokenizer

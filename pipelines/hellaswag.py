@@ -35,6 +35,7 @@ import os
 import torch
 
 from .errors import UserError
+from .folders import offline_flag
 
 HUB_ID = "Rowan/hellaswag"
 HUB_SPLIT = "validation"
@@ -44,16 +45,9 @@ DOWNLOAD_HINT = (
 )
 
 
-def _offline_flag() -> str | None:
-    for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on"):
-            return flag
-    return None
-
-
 def _hub_records(hub_id: str):
     """The ``validation`` split of a Hub dataset (``owner/name`` or ``owner/name:config``), streamed."""
-    flag = _offline_flag()
+    flag = offline_flag()
     if flag:
         raise UserError(
             f"HellaSwag data '{hub_id}' is a Hugging Face Hub dataset, which needs the network ({flag} is set): "
@@ -83,7 +77,7 @@ def _records(spec: str | None):
         return target, _hub_records(target)
     if target.is_dir():
         raise UserError(f"--data {target} is a folder: pass the HellaSwag JSONL file (e.g. hellaswag_val.jsonl)")
-    return data._iter_records(str(target))
+    return data.iter_records(str(target))
 
 
 def parse_item(source: str, where: str, record) -> dict:
@@ -203,11 +197,11 @@ def evaluate_hellaswag(model_dir, data=None, limit: int = 0, batch_size: int = 8
         chunk = order[start : start + batch_size]
         rows = [row for i in chunk for row in encoded[i]]
         sums = score_rows(model, rows, pad, device)
-        at = 0
+        first_row = 0  # each item's endings are consecutive rows of the batch
         for i in chunk:
             k = len(encoded[i])
-            logliks[i] = sums[at : at + k]
-            at += k
+            logliks[i] = sums[first_row : first_row + k]
+            first_row += k
     results = []
     for item, enc, was_cut, lls in zip(items, encoded, cut, logliks):
         n_bytes = [len(e.encode("utf-8")) for e in item["endings"]]

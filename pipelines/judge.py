@@ -32,6 +32,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from .data.sources import json_list_records, jsonl_records
 from .errors import UserError, describe_type
 from .fsutil import atomic_write_json
 from .prompts import format_alpaca_instruction
@@ -104,32 +105,11 @@ def load_responses(path) -> list[dict]:
             f"--responses {path} does not exist: write it with "
             f"`gpt-scratch respond --model DIR --data FILE --out {path}`"
         )
+    read = jsonl_records if path.suffix.lower() == ".jsonl" else json_list_records
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path} is not UTF-8 text (byte {err.start}): pass the JSON file written by respond") from err
-    if path.suffix.lower() == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path} line {number} is not valid JSON ({err.msg.removesuffix(' at')}, column {err.colno}): fix or remove that line") from err
-    else:
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(
-                f"{path} is not valid JSON ({err.msg.removesuffix(' at')} at line {err.lineno}, column {err.colno}): pass the JSON list "
-                "written by `gpt-scratch respond`"
-            ) from err
-    if not isinstance(records, list):
-        raise UserError(
-            f"{path} holds a JSON {type(records).__name__}, not a list of records: pass the list written by "
-            "`gpt-scratch respond` (records with instruction, input, output, model_response)"
-        )
+        records = [record for _, record in read(path)]
+    except UserError as err:
+        raise UserError(f"--responses {err} (judge reads the records written by `gpt-scratch respond`)") from None
     if not records:
         raise UserError(f"{path} holds no records: nothing to judge")
     for index, record in enumerate(records):

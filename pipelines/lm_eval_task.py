@@ -19,6 +19,7 @@ import math
 import os
 
 from .errors import UserError
+from .folders import offline_flag
 
 INSTALL_HINT = "pip install 'gpt-scratch[lm-eval]'"
 
@@ -101,9 +102,7 @@ def run_lm_eval(
             log_samples=False,
         )
     except Exception as exc:
-        offline = any(os.environ.get(f, "").strip().lower() in ("1", "true", "yes", "on")
-                      for f in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-        if not (offline or isinstance(exc, ConnectionError)):
+        if not (offline_flag() or isinstance(exc, ConnectionError)):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import UserError, describe_type
-from .folders import TOKENIZER_FILES  # the one definition of a folder's file names
+from .folders import TOKENIZER_FILES, offline_flag  # the one definition of a folder's file names
 
 EOS_TOKEN = "<|endoftext|>"
 MIN_VOCAB_SIZE = 257  # the 256 byte symbols plus <|endoftext|>
@@ -92,7 +91,7 @@ def load_tokenizer(spec: str):
         except Exception as err:  # a damaged tokenizer.json raises the tokenizers library's bare Exception
             raise UserError(_tokenizer_error(path, err)) from None
         return set_pad_to_eos(tokenizer)
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    offline = offline_flag(("HF_HUB_OFFLINE",)) is not None
     try:
         # no code from the network without the user's say-so: a Hub tokenizer must be a standard class
         tokenizer = AutoTokenizer.from_pretrained(str(spec), trust_remote_code=False)

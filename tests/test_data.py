@@ -1,4 +1,4 @@
-"""Tests of pipelines/data.py: every input format, token shards and their cache, datasets, splits and collates."""
+"""Tests of pipelines/data/: every input format, token shards and their cache, datasets, splits and collates."""
 
 import json
 import os
@@ -237,7 +237,7 @@ def test_get_or_build_caches_and_round_trips_text(tmp_path, tiny_tokenizer, monk
     write(corpus / "b.txt", "hello world, " + EOT + " hello")
     builds = []
     real_build = data.build_token_shards
-    monkeypatch.setattr(data, "build_token_shards", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    monkeypatch.setattr(data.shards, "build_token_shards", lambda *a, **k: builds.append(1) or real_build(*a, **k))
 
     cache = tmp_path / "cache"
     first = data.get_or_build_token_shards(str(corpus), tiny_tokenizer, cache)
