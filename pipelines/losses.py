@@ -6,20 +6,24 @@ classification loss.
 ``b`` must predict, ``-100`` where nothing is scored.  That is transformers' own name for already-shifted labels, so
 ``model(**batch)`` computes the same loss with transformers' loss function; this module computes it faster:
 
-* on CPU, :class:`ChunkedCrossEntropy`, which never allocates a tensor the size of the logits except their gradient
+* on CPU, for our own causal LM, :class:`LinearCrossEntropy`: the head's product and the loss in one pass over
+  chunks of rows, its gradients computed in the forward, so the full logits are never written (the bare demo-shape
+  training step: about 1.1x the step with the logits and :class:`ChunkedCrossEntropy`; ``BENCHMARKS.md``);
+* on CPU, for logits already computed (evaluation, other models), :class:`ChunkedCrossEntropy`, which never allocates a tensor the size of the logits except their gradient
   (measured on 2048 x 50257 logits -- batch 8 x 256, GPT-2's vocabulary -- on a 2-core AMD EPYC: 310 ms for forward
   and backward against 570 ms for ``F.cross_entropy``, whose log-probabilities, zero-filled gradient and log-softmax
   gradient are three fresh 412 MB tensors, each paid again in page faults);
 * on a GPU, or under ``torch.compile`` (which fuses it), ``F.cross_entropy``.
 
 Loss functions return ``(mean loss, count)``: the count (tokens scored, or examples) weighs the mean when the
-Trainer averages over batches and is the throughput it reports.
+Trainer averages over batches (throughput counts the tokens the model reads, see ``pipelines.train_loop``).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel
 
 IGNORE_INDEX = -100
 
@@ -37,11 +41,49 @@ def token_cross_entropy(logits, targets, ignore_index: int = IGNORE_INDEX, reduc
 
 def lm_loss(model, batch: dict):
     """Mean next-token cross-entropy of ``model`` on an LM batch (see the module docstring) and the number of tokens
-    scored."""
+    scored.
+
+    On CPU, for our own causal LM called as itself (not wrapped, its ``forward`` not replaced), the head and the loss
+    are one step, :class:`LinearCrossEntropy`: the full logits are never written.  Elsewhere, the model's logits and
+    :func:`token_cross_entropy`."""
+    targets = batch["shift_labels"]
+    if _head_fusable(model, batch["input_ids"]):
+        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                  use_cache=False).last_hidden_state
+        targets = targets.to(hidden.device).reshape(-1)
+        loss = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), model.get_output_embeddings().weight,
+                                    targets)
+        return loss, int((targets != IGNORE_INDEX).sum())
     logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False).logits
-    targets = batch["shift_labels"].to(logits.device)
+    targets = targets.to(logits.device)
     loss = token_cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
     return loss, int((targets != IGNORE_INDEX).sum())
+
+
+def _head_fusable(model, input_ids) -> bool:
+    """Whether ``model(...).logits`` is exactly ``model.get_output_embeddings()(model.base_model(...))`` here, in
+    float32 on CPU, eager: our causal LM, its forward the class's own (not wrapped by a launcher or autocast)."""
+    if input_ids.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    # our class (or the same file loaded as remote code), not a wrapper (PEFT, DDP) around it
+    if not isinstance(model, PreTrainedModel) or type(model).__name__ != "GPTScratchForCausalLM":
+        return False
+    if getattr(model.forward, "__func__", None) is not type(model).forward:  # e.g. Accelerate's autocast wrapper
+        return False
+    head = model.get_output_embeddings()
+    return (isinstance(head, torch.nn.Linear) and type(head) is torch.nn.Linear and head.bias is None
+            and head.weight.dtype == torch.float32 and head.weight.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def linear_cross_entropy(hidden, weight, targets, ignore_index: int = IGNORE_INDEX):
+    """Mean cross-entropy of the logits ``hidden @ weight.T`` against ``targets`` (``ignore_index`` skipped; NaN
+    when nothing is scored, as ``F.cross_entropy`` gives), computed a few rows at a time by
+    :class:`LinearCrossEntropy`.  Equal to ``F.cross_entropy(hidden @ weight.T, targets)`` to float rounding, with
+    its gradients."""
+    with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    total = LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, with_grad)
+    return total / (targets != ignore_index).sum()
 
 
 def classification_loss(model, batch: dict):
@@ -94,4 +136,56 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return out, None, None
 
 
-__all__ = ["IGNORE_INDEX", "token_cross_entropy", "lm_loss", "classification_loss", "ChunkedCrossEntropy"]
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of the logits ``hidden @ weight.T`` (tokens x vocabulary) against targets, with the
+    head's matrix product, the log-softmax and both gradients done a chunk of rows at a time, so the logits of a
+    chunk (about 4 MB) stay in cache and the full (tokens x vocabulary) logits are never written -- the idea of
+    Liger Kernel's fused linear cross-entropy (Hsu et al., 2024, arXiv:2410.10989), here in plain PyTorch for CPU.
+
+    The gradients are computed in the forward (``softmax - one_hot`` of each chunk, times the chunk's hidden states
+    and the head's weight); backward only scales them by the incoming gradient.  With ``with_grad`` false
+    (evaluation) only the loss is computed.
+    """
+
+    CHUNK_BYTES = 1 << 23  # 8 MB of logits per chunk: the fastest of 0.25-16 MB at 2048 x 128 x 4096 on 2 cores
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ignore_index, with_grad):
+        valid = targets != ignore_index
+        safe = targets.masked_fill(~valid, 0)
+        step = max(1, LinearCrossEntropy.CHUNK_BYTES // max(1, weight.shape[0] * hidden.element_size()))
+        grad_hidden = torch.empty_like(hidden) if with_grad and ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if with_grad and ctx.needs_input_grad[1] else None
+        buffer = hidden.new_empty(min(step, hidden.shape[0]), weight.shape[0])
+        total = hidden.new_zeros((), dtype=torch.float64)
+        for start in range(0, hidden.shape[0], step):
+            rows = slice(start, start + step)
+            chunk = hidden[rows]
+            logits = torch.mm(chunk, weight.t(), out=buffer[: chunk.shape[0]])
+            log_probs = torch.log_softmax(logits, dim=-1)
+            picked = log_probs.gather(-1, safe[rows, None]).squeeze(-1)
+            total -= (picked * valid[rows]).sum(dtype=torch.float64)
+            if grad_hidden is None and grad_weight is None:
+                continue
+            scores = log_probs.exp_()  # softmax
+            scores.scatter_add_(-1, safe[rows, None], -torch.ones_like(picked)[:, None])
+            scores.mul_(valid[rows, None])
+            if grad_hidden is not None:
+                torch.mm(scores, weight, out=grad_hidden[rows])
+            if grad_weight is not None:
+                grad_weight.addmm_(scores.t(), chunk)
+        ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight) if g is not None))
+        ctx.has = (grad_hidden is not None, grad_weight is not None)
+        return total.to(hidden.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        saved = iter(ctx.saved_tensors)
+        grad_hidden = next(saved) * grad if ctx.has[0] else None
+        grad_weight = next(saved) * grad if ctx.has[1] else None
+        return grad_hidden, grad_weight, None, None, None
+
+
+__all__ = ["IGNORE_INDEX", "token_cross_entropy", "lm_loss", "linear_cross_entropy", "classification_loss",
+           "ChunkedCrossEntropy", "LinearCrossEntropy"]

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
-from pipelines.losses import ChunkedCrossEntropy, lm_loss, token_cross_entropy
+from pipelines.losses import (ChunkedCrossEntropy, LinearCrossEntropy, linear_cross_entropy, lm_loss,
+                              token_cross_entropy)
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 4, 1000])
@@ -45,3 +46,60 @@ def test_lm_loss_on_the_convention_equals_the_models_own_loss():
     labels[1, 6:] = -100
     torch.testing.assert_close(model(input_ids=tokens, labels=labels).loss.detach(), loss.detach(), atol=1e-6,
                                rtol=1e-6)  # unshifted labels on the whole row: the same targets
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 5, 1000])
+def test_linear_cross_entropy_equals_the_head_then_f_cross_entropy(monkeypatch, chunk_rows):
+    """The fused head + loss (gradients computed chunk by chunk in the forward) against the plain product and
+    ``F.cross_entropy``: the loss and both gradients, an incoming gradient other than 1, ignored rows."""
+    monkeypatch.setattr(LinearCrossEntropy, "CHUNK_BYTES", chunk_rows * 50 * 4)  # rows of 50 float32 logits
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    targets[::6] = -100
+    loss = linear_cross_entropy(hidden, weight, targets)
+    reference = F.cross_entropy(hidden @ weight.T, targets)
+    torch.testing.assert_close(loss, reference, atol=1e-6, rtol=1e-6)
+    grads = torch.autograd.grad(3.0 * loss, (hidden, weight))
+    expected = torch.autograd.grad(3.0 * reference, (hidden, weight))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    frozen = linear_cross_entropy(hidden.detach(), weight, targets)  # only the weight needs a gradient
+    g_weight, = torch.autograd.grad(frozen, weight)
+    torch.testing.assert_close(g_weight, expected[1] / 3.0, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(hidden, weight, targets), reference.detach())
+    assert torch.isnan(linear_cross_entropy(hidden, weight, torch.full((37,), -100)))
+
+
+def test_lm_loss_takes_the_fused_head_only_where_it_is_the_models_forward(monkeypatch):
+    """On CPU our own causal LM gets the fused head + loss, with the same loss and parameter gradients as the
+    model's logits and the chunked loss; wrappers (PEFT, a replaced ``forward``) and other models are run as they
+    are."""
+    calls = []
+    real = LinearCrossEntropy.forward
+    monkeypatch.setattr(LinearCrossEntropy, "forward", staticmethod(lambda *a: calls.append(1) or real(*a)))
+    torch.manual_seed(0)
+    model = GPTScratchForCausalLM(GPTScratchConfig.from_preset("tiny", vocab_size=97)).train()
+    tokens = torch.randint(0, 97, (3, 17))
+    batch = {"input_ids": tokens[:, :-1], "shift_labels": tokens[:, 1:].clone()}
+    batch["shift_labels"][0, :4] = -100
+    loss, count = lm_loss(model, batch)
+    assert calls and count == 3 * 16 - 4
+    fused = torch.autograd.grad(loss, list(model.parameters()))
+    logits = model(input_ids=batch["input_ids"]).logits
+    plain = token_cross_entropy(logits.reshape(-1, 97), batch["shift_labels"].reshape(-1))
+    torch.testing.assert_close(loss, plain, atol=1e-6, rtol=1e-6)
+    for got, want in zip(fused, torch.autograd.grad(plain, list(model.parameters()))):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+    calls.clear()
+    original = model.forward
+    model.forward = lambda *a, **k: original(*a, **k)  # as Accelerate's mixed precision wraps it
+    torch.testing.assert_close(lm_loss(model, batch)[0], plain)
+    del model.forward
+    peft = pytest.importorskip("peft")
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["qkv_proj"]))
+    torch.testing.assert_close(lm_loss(wrapped, batch)[0], plain)  # LoRA's B starts at zero: same loss
+    assert not calls
