@@ -25,7 +25,7 @@ import torch
 from common import SIZES, interleaved, median, model_pair, print_header, report, spread
 
 from pipelines.losses import lm_loss
-from pipelines.train_loop import device_peak_flops, flops_per_token
+from pipelines.throughput import device_peak_flops, flops_per_token
 
 
 def make_step(model, ids, lr=1e-4, fused=False, autocast_dtype=None, compiled=False, pipeline_loss=False):

@@ -3,7 +3,8 @@
 The recipe of the book's chapter 6 (Raschka, *Build a Large Language Model (From Scratch)*), on the shared core:
 
 1. read a labelled table (``pipelines.data.read_labeled_table``), balance the classes by undersampling (default on),
-   cut a seeded 70/10/20 train/val/test split and save it in the run folder (``splits/*.jsonl``);
+   cut a seeded 70/10/20 train/val/test split and save it in the run folder (``splits/*.jsonl``;
+   ``pipelines.classify_data``);
 2. load a causal-LM folder of ours (or a Hub id) into :class:`GPTScratchForSequenceClassification`: the transformer
    weights are kept, the vocabulary-sized LM head is dropped, and a fresh ``score`` head with one output per label
    (label names from the data, sorted; ``id2label``/``label2id`` in the config) is initialised;
@@ -14,8 +15,9 @@ The recipe of the book's chapter 6 (Raschka, *Build a Large Language Model (From
    and ``--merge`` adds ``merged/``, a full classifier folder);
 4. tokenise each text (truncated to the context, with a count in the log), pad each batch to its own longest text
    (right padding; the model pools the last *real* token through the attention mask);
-5. train with the shared loop on cross-entropy, evaluating once per epoch: validation loss plus validation and
-   (capped) training accuracy;
+5. train with the shared loop on cross-entropy, evaluating once per epoch (``--evals-per-epoch``, or
+   ``--eval-every`` N steps): validation loss plus validation and (capped) training accuracy
+   (``pipelines.classify_metrics``);
 6. score the test split: accuracy, macro precision/recall/F1 and the confusion matrix, then write the run folder
    (a classifier that ``pipeline("text-classification", model=folder, trust_remote_code=True)`` opens).
 
@@ -23,26 +25,22 @@ Labels: the label set is that of the training split.  A label that occurs in the
 in the training records is refused (``UserError``): the head could never predict it, so the scores would silently
 count it as an error.  With the built-in split this only happens for very small or very skewed data; with separate
 ``--val-data``/``--test-data`` files it means the files disagree.
-
-Metrics: the ``evaluate`` library's metrics (``evaluate.load("accuracy")`` ...) are scripts fetched from the Hub and
-do not load offline, so the scores are computed with scikit-learn (which those scripts call anyway).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from . import config as config_schema
 from . import lora
+from .classify_data import SPLIT_NAMES, encode_split, encode_texts
+from .classify_metrics import predict_ids
 from .errors import UserError
+from .folders import looks_like_hub_id
 from .generate import quiet_hf
 from .losses import classification_loss
 from .runfolder import claims_out_dir
@@ -52,8 +50,6 @@ TRAINABLE_MODES = ("last-block", "last-two-blocks", "head", "all")
 # The default --trainable, chosen by measurement (BENCHMARKS.md, "Classifier defaults by measurement"): with the
 # learning rate and epochs below it reaches 97% SMS test accuracy from the demo base and from random weights.
 DEFAULT_TRAINABLE = "all"
-SPLIT_NAMES = ("train", "val", "test")
-_HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -70,7 +66,10 @@ class ClassifyConfig(lora.LoraOptions, TrainConfig):
     lr_schedule: str = field(default="constant", metadata={"choices": ["cosine", "constant"], "help": "after warmup"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay, on matrices only"})
     adam_beta2: float = 0.999
-    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps; 0 = once per epoch"})
+    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})
+    evals_per_epoch: float = field(
+        default=1.0, metadata={"help": "evaluations per pass over the training split (0: --eval-every decides)"}
+    )
     log_every: int = field(default=10, metadata={"help": "log every N steps"})
 
     model: str | None = field(default=None, metadata={"help": "base causal-LM folder (or Hub model id) to start from"})
@@ -123,7 +122,7 @@ def resolve_model_dir(spec: str, flag: str = "--model") -> Path:
     path = Path(str(spec)).expanduser()
     if path.exists():
         return path
-    if not _HUB_MODEL_ID.match(str(spec)):
+    if not looks_like_hub_id(str(spec)):
         raise UserError(
             f"{flag} {spec} does not exist: pass a causal-LM folder (the --out of pretrain or convert) or a Hub model "
             "id as owner/name"
@@ -252,172 +251,6 @@ def _load_tokenizer(spec: str):
     return tokenizer
 
 
-def encode_texts(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
-    """Token ids of every text, each cut to its first ``max_length`` tokens; also how many were cut."""
-    ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"] if texts else []
-    truncated = sum(1 for row in ids if len(row) > max_length)
-    return [row[:max_length] for row in ids], truncated
-
-
-def build_splits(cfg: ClassifyConfig, log) -> dict[str, list[dict]]:
-    """``{"train", "val", "test"}`` lists of ``{"text", "label"}`` records from --data (and the optional split files)."""
-    from collections import Counter
-
-    from . import data
-
-    fractions = (cfg.train_fraction, cfg.val_fraction, cfg.test_fraction)
-    if min(fractions) < 0 or cfg.train_fraction <= 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise UserError(
-            f"--train-fraction/--val-fraction/--test-fraction {fractions} must be non-negative, with training above "
-            "0, and add up to 1"
-        )
-    records = data.read_labeled_table(cfg.data, cfg.text_column, cfg.label_column)
-    counts = Counter(r["label"] for r in records)
-    log(f"data: {len(records)} records from {cfg.data} ({_counts_text(counts)})")
-    if cfg.balance:
-        records = data.balance_undersample(records, seed=cfg.seed)
-        log(f"balanced by undersampling to {len(records)} records ({_counts_text(Counter(r['label'] for r in records))})")
-    separate = {"val": cfg.val_data, "test": cfg.test_data}
-    keep = [f if separate.get(name) is None else 0.0 for name, f in zip(SPLIT_NAMES, fractions)]
-    total = sum(keep)
-    splits = data.split_records(records, tuple(f / total for f in keep), seed=cfg.seed)
-    for name, spec in separate.items():
-        if spec is not None:
-            splits[name] = data.read_labeled_table(spec, cfg.text_column, cfg.label_column, min_classes=1)
-    return splits
-
-
-def _counts_text(counts) -> str:
-    return ", ".join(f"{label}: {n}" for label, n in sorted(counts.items()))
-
-
-def check_labels(splits: dict[str, list[dict]]) -> list[str]:
-    """The label names (sorted) of the training split; refuses a one-class training split or unseen labels."""
-    from .data import label_names
-
-    names = label_names(splits["train"])
-    if len(names) < 2:
-        raise UserError(
-            f"the training split holds only one class ({', '.join(map(repr, names)) or 'none'}): a classifier needs "
-            "at least two; give more data of the other classes"
-        )
-    known = set(names)
-    for split in ("val", "test"):
-        unseen = sorted({r["label"] for r in splits[split]} - known)
-        if unseen:
-            n = sum(1 for r in splits[split] if r["label"] in unseen)
-            raise UserError(
-                f"label {', '.join(map(repr, unseen))} occurs in the {split} split ({n} records) but never in the "
-                f"training split, so the classifier could not learn it: add training examples of it, or drop those "
-                f"records (training labels: {', '.join(map(repr, names))})"
-            )
-    return names
-
-
-def encode_split(records: list[dict], tokenizer, label2id: dict[str, int], max_length: int) -> tuple[list[dict], int]:
-    ids, truncated = encode_texts(tokenizer, [r["text"] for r in records], max_length)
-    for i, row in enumerate(ids):
-        if not row:
-            raise UserError(f"record {i} ({records[i]['text']!r}) has no tokens: remove it or fix its text")
-    return [{"input_ids": row, "label": label2id[r["label"]]} for row, r in zip(ids, records)], truncated
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    from .fsutil import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-# ======================================================================================================================
-# loss, prediction, metrics
-# ======================================================================================================================
-
-
-@torch.no_grad()
-def predict_ids(model, input_ids: list[list[int]], pad_id: int, batch_size: int = 32, device=None) -> torch.Tensor:
-    """Class probabilities (n, num_labels) for already tokenised texts; batches of similar length, right-padded."""
-    from .data import pad_collate_classification
-
-    model = getattr(model, "module", model)
-    was_training = model.training
-    model.eval()
-    device = device or next(model.parameters()).device
-    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
-    probs = torch.zeros(len(input_ids), model.config.num_labels)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        batch = pad_collate_classification([{"input_ids": input_ids[i], "label": 0} for i in chunk], pad_id)
-        logits = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False
-        ).logits
-        probs[chunk] = torch.softmax(logits.float(), dim=-1).cpu()
-    if was_training:
-        model.train()
-    return probs
-
-
-def classification_metrics(y_true: list[int], y_pred: list[int], names: list[str], prefix: str = "") -> dict:
-    """Accuracy, macro precision/recall/F1, per-class scores and the confusion matrix (rows: true, columns: predicted).
-
-    Computed with scikit-learn: the ``evaluate`` library's metric scripts come from the Hub and do not load offline.
-    """
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
-
-    labels = list(range(len(names)))
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average="macro", zero_division=0
-    )
-    per_p, per_r, per_f, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average=None, zero_division=0
-    )
-    return {
-        f"{prefix}accuracy": float(accuracy_score(y_true, y_pred)),
-        f"{prefix}precision": float(precision),
-        f"{prefix}recall": float(recall),
-        f"{prefix}f1": float(f1),
-        f"{prefix}examples": len(y_true),
-        "per_class": {
-            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(names, per_p, per_r, per_f, support)
-        },
-        "confusion_matrix": {
-            "labels": list(names),
-            "rows_true_columns_predicted": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        },
-    }
-
-
-def _accuracy(trainer, dataset, indices) -> float | None:
-    """Accuracy over ``dataset[indices]`` with the training model, split over the ranks and summed."""
-    if not indices:
-        return None
-    acc = trainer.accelerator
-    model = trainer.model
-    was_training = model.training
-    model.eval()
-    mine = indices[acc.process_index :: acc.num_processes]
-    counts = torch.zeros(2, dtype=torch.float64, device=acc.device)
-    size = trainer.cfg.batch_size
-    with torch.no_grad():
-        for start in range(0, len(mine), size):
-            batch = trainer._to_device(trainer.collate_fn([dataset[i] for i in mine[start : start + size]]))
-            with acc.autocast():
-                logits = model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-                ).logits
-            counts[0] += (logits.argmax(-1) == batch["labels"]).sum()
-            counts[1] += batch["labels"].numel()
-    if acc.num_processes > 1:
-        counts = acc.reduce(counts, reduction="sum")
-    if was_training:
-        model.train()
-    return (counts[0] / counts[1]).item() if counts[1] > 0 else None
-
-
 # ======================================================================================================================
 # finetune-classifier
 # ======================================================================================================================
@@ -452,7 +285,10 @@ def _check_out(cfg: ClassifyConfig, model_dir: Path) -> Path:
 def finetune(cfg: ClassifyConfig) -> int:
     from accelerate.utils import set_seed
 
+    from .classify_data import build_splits, check_labels, save_splits, saved_splits
+    from .classify_metrics import accuracy_hook, confusion_matrix_lines, score_splits
     from .data import label_maps, pad_collate_classification
+    from .run_record import RunRecord, model_architecture
     from .runfolder import prepare_out_dir, save_run_config, write_model_folder
     from .train_loop import make_accelerator
 
@@ -476,8 +312,8 @@ def finetune(cfg: ClassifyConfig) -> int:
     log = accelerator.print
 
     splits_dir = out / "splits"
-    if cfg.resume and all((splits_dir / f"{n}.jsonl").is_file() for n in SPLIT_NAMES):
-        splits = {n: _read_jsonl(splits_dir / f"{n}.jsonl") for n in SPLIT_NAMES}
+    splits = saved_splits(splits_dir) if cfg.resume else None
+    if splits is not None:
         log(f"resuming: the splits saved in {splits_dir} are used")
     else:
         splits = build_splits(cfg, log)
@@ -523,71 +359,47 @@ def finetune(cfg: ClassifyConfig) -> int:
         f"trainable ({trained}): {n_trainable:,} ({trainable_percent:.2f}% of {n_params:,})"
     )
 
-    world = accelerator.num_processes
-    if len(datasets["train"]) < cfg.batch_size * world:
-        raise UserError(
-            f"the training split has {len(datasets['train'])} examples, fewer than one batch ({cfg.batch_size} per "
-            f"device x {world} devices): lower --batch-size or give more data"
-        )
-    per_epoch = len(datasets["train"]) // (cfg.batch_size * world)
-    steps_per_epoch = max(1, per_epoch // max(1, cfg.gradient_accumulation_steps))
-    loop_cfg = dataclasses.replace(cfg, eval_every=cfg.eval_every or steps_per_epoch)
-
-    rng = torch.Generator().manual_seed(cfg.seed)
-    n_train = len(datasets["train"])
-    cap = cfg.train_accuracy_examples or n_train
-    train_subset = sorted(torch.randperm(n_train, generator=rng)[: min(cap, n_train)].tolist())
-    val_indices = list(range(len(datasets["val"])))
-
-    def extra_eval(trainer):
-        return {
-            "train_accuracy": _accuracy(trainer, datasets["train"], train_subset),
-            "val_accuracy": _accuracy(trainer, datasets["val"], val_indices),
-        }
-
     pad_id = tokenizer.pad_token_id
     set_seed(cfg.seed)
-    trainer = Trainer(
+    trainer = Trainer(  # refuses a training split smaller than one batch, before anything is written
         model,
-        loop_cfg,
+        cfg,
         out,
         datasets["train"],
         datasets["val"] if datasets["val"] else None,
         collate_fn=lambda batch: pad_collate_classification(batch, pad_id),
         loss_fn=classification_loss,
-        extra_eval=extra_eval,
+        on_eval=accuracy_hook(datasets, cfg.train_accuracy_examples, cfg.seed),
         accelerator=accelerator,
         run_name="finetune-classifier",
     )
 
     # ---- the run folder -------------------------------------------------------------------------------------------
-    run_config = {
-        **dataclasses.asdict(cfg),
-        "trainable": trained,
-        "trainable_parameters": n_trainable,
-        "trainable_percent": round(trainable_percent, 4),
-        "base_model": cfg.model,
-        "labels": names,
-        "split_sizes": {n: len(splits[n]) for n in SPLIT_NAMES},
-        "max_length_used": max_length,
-        "eval_every_used": loop_cfg.eval_every,
-        "model_config": {
-            k: v
-            for k, v in model.config.to_diff_dict().items()
-            if k not in ("transformers_version", "architectures", "auto_map", "dtype")
+    run_config = RunRecord(
+        settings={
+            **dataclasses.asdict(cfg),
+            "split_sizes": {n: len(splits[n]) for n in SPLIT_NAMES},
+            "max_length_used": max_length,
+            "eval_every_used": trainer.eval_every,
         },
-    }
+        architecture=model_architecture(model.config),
+        parameters=n_params,
+        base_model=cfg.model,
+        labels=names,
+        trainable=trained,
+        trainable_parameters=n_trainable,
+        trainable_percent=round(trainable_percent, 4),
+    )
     if accelerator.is_main_process:
         prepare_out_dir(out, cfg.resume, cfg.overwrite, cfg.take_over_lock)
-        for name in SPLIT_NAMES:
-            _write_jsonl(splits_dir / f"{name}.jsonl", splits[name])
+        save_splits(splits_dir, splits)
         save_run_config(out, run_config)
     accelerator.wait_for_everyone()
     resume_from = latest_checkpoint(out) if cfg.resume else None
     log(
-        f"training: {trainer.total_steps} steps ({cfg.epochs:g} epoch(s) of {steps_per_epoch}), batch {cfg.batch_size} "
-        f"x {world} devices x {trainer.accum} accumulation, lr {cfg.learning_rate:g}, evaluation every "
-        f"{loop_cfg.eval_every} steps"
+        f"training: {trainer.total_steps} steps ({cfg.epochs:g} epoch(s) of {trainer.steps_per_epoch:g}), batch "
+        f"{cfg.batch_size} x {accelerator.num_processes} devices x {trainer.accum} accumulation, lr "
+        f"{cfg.learning_rate:g}, evaluation every {trainer.eval_every or trainer.total_steps} steps"
     )
     result = trainer.fit(resume_from)
 
@@ -598,22 +410,11 @@ def finetune(cfg: ClassifyConfig) -> int:
         parameters=n_params, trainable_parameters=n_trainable, trainable_percent=round(trainable_percent, 4),
         trainable=trained,
     )
-    report = {}
     raw = accelerator.unwrap_model(trainer.model)
-    for name in SPLIT_NAMES:
-        part = datasets[name]
-        if not part:
-            continue
-        probs = predict_ids(raw, [x["input_ids"] for x in part], pad_id, batch_size=max(cfg.batch_size, 32))
-        y_true = [x["label"] for x in part]
-        y_pred = probs.argmax(-1).tolist()
-        scores = classification_metrics(y_true, y_pred, names, prefix=f"{name}_")
-        final[f"{name}_accuracy"] = scores[f"{name}_accuracy"]
-        if name == "test":
-            final.update({k: v for k, v in scores.items() if k.startswith("test_")})
-            report = {"per_class": scores["per_class"], "confusion_matrix": scores["confusion_matrix"]}
+    scores, report = score_splits(raw, datasets, names, pad_id, batch_size=max(cfg.batch_size, 32))
+    final.update(scores)
     if datasets["test"]:
-        final["test_loss"] = trainer.evaluate(datasets["test"])["loss"]
+        final["test_loss"] = trainer.evaluate(datasets["test"])
     final["truncated_texts"] = n_cut
 
     if accelerator.is_main_process:
@@ -623,13 +424,8 @@ def finetune(cfg: ClassifyConfig) -> int:
             + (f", test F1 (macro) {final['test_f1']:.4f}" if "test_f1" in final else "")
             + f" in {result.elapsed_s:.0f}s"
         )
-        if report:
-            matrix = report["confusion_matrix"]["rows_true_columns_predicted"]
-            log("test confusion matrix (rows: true, columns: predicted):")
-            width = max(len(n) for n in names)
-            log("  " + " " * width + "  " + "  ".join(f"{n:>{width}}" for n in names))
-            for n, row in zip(names, matrix):
-                log(f"  {n:>{width}}  " + "  ".join(f"{v:>{width}}" for v in row))
+        for line in confusion_matrix_lines(report, names) if report else []:
+            log(line)
         plot_history(result.history, out / "plots" / "loss.png", "classifier fine-tuning: loss")
         plot_history(
             result.history, out / "plots" / "accuracy.png", "classifier fine-tuning: accuracy",

@@ -18,9 +18,9 @@ declares its own.  The error names the flag, the value, where it came from and w
 
 Which settings were given (a flag, or a key of the ``--config`` the user passed) and which are defaults (the
 dataclass's, or a workflow's default config file) matters for settings that are alternatives, declared with
-``"alternative_to": OTHER`` and ``"off": VALUE`` (``epochs`` and ``max_steps``): the one given wins over a default;
-both given (at the same level: two flags, or two keys of the file) is an error unless the first is ``off``; a flag
-wins over a key of the file.
+``"alternative_to": OTHER`` and ``"off": VALUE`` (``epochs`` and ``max_steps``, ``evals_per_epoch`` and
+``eval_every``): the one given wins over a default; both given (at the same level: two flags, or two keys of the
+file) is an error unless the first is ``off``; a flag wins over a key of the file.
 """
 
 from __future__ import annotations
@@ -255,8 +255,8 @@ def resolve_alternatives(schema, values: dict, levels: dict, sources: dict) -> d
             place = "the command line" if level == LEVEL_FLAG else sources.get(field.name, "the config file")
             raise UserError(
                 f"{_flag(field.name)} {_show(value)} and {_flag(other)} {_show(values.get(other))} conflict (both "
-                f"given on {place}): {_flag(field.name)} above {_show(off)} decides the length and "
-                f"{_flag(other)} would be ignored; give one of them"
+                f"given on {place}): {_flag(field.name)} above {_show(off)} decides and {_flag(other)} would be "
+                "ignored; give one of them"
             )
         if other_level > level:
             values[field.name] = off  # the one given wins over a default (or a flag over the file)

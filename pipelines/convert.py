@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .folders import TOKENIZER_FILES, WEIGHT_FILES, offline_flag
+from .folders import TOKENIZER_FILES, WEIGHT_FILES, looks_like_hub_id, offline_flag
 
 from modeling_gpt_scratch.configuration_gpt_scratch import PRESETS, GPTScratchConfig
 
@@ -40,7 +40,6 @@ from modeling_gpt_scratch.configuration_gpt_scratch import PRESETS, GPTScratchCo
 # shared by both imports (this module and pipelines/book_checkpoint.py)
 # ----------------------------------------------------------------------------------------------------------------
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 def check_out_dir(out_dir, overwrite: bool, src=None) -> Path:
@@ -306,7 +305,7 @@ def resolve_source(src: str) -> Path:
     path = Path(src).expanduser()
     if path.exists():
         return path
-    if not _HUB_ID.match(str(src)) or str(src).startswith((".", "~")):
+    if not looks_like_hub_id(str(src), bare_name=True):
         raise UserError(
             f"--src {src} does not exist: pass an existing folder or a Hub id such as openai-community/gpt2"
         )

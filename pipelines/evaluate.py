@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .folders import looks_like_hub_id
 from .losses import token_cross_entropy
 
 
@@ -88,7 +89,9 @@ def _device():
 
 def evaluate_classifier(model_dir, data, batch_size=8, max_length=0, text_column=None, label_column=None) -> dict:
     from . import data as data_module
-    from .classify import classification_metrics, encode_texts, load_classifier, predict_ids
+    from .classify import load_classifier
+    from .classify_data import encode_texts
+    from .classify_metrics import classification_metrics, predict_ids
 
     model, tokenizer = load_classifier(str(model_dir))
     known = {str(v): int(k) for k, v in model.config.id2label.items()}
@@ -230,12 +233,10 @@ SUMMARY_DROP = ("per_item", "per_class", "confusion_matrix", "model")
 
 def _public_data(data) -> str | None:
     """A Hub id (``owner/name[:config]``) as it is; a local path by its last component (metrics.json is published)."""
-    from .cards import looks_like_hub_id
-
     if data is None:
         return None
     text = str(data)
-    if looks_like_hub_id(text.split(":")[0]) and not Path(text).exists():
+    if looks_like_hub_id(text, config=True):
         return text
     return Path(text).name or text
 

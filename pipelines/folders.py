@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 from .errors import UserError
@@ -44,6 +45,27 @@ def offline_flag(flags: tuple[str, ...] = OFFLINE_FLAGS) -> str | None:
         if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on"):
             return flag
     return None
+
+
+HUB_ID = re.compile(r"^(?P<repo>(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*)(?::(?P<config>[\w.-]+))?$")
+"""A Hub repository id, ``owner/name``, optionally ``:config`` (a dataset's configuration); see looks_like_hub_id."""
+_FILE_SUFFIXES = (
+    ".txt", ".md", ".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".npy", ".bin", ".yaml", ".gz", ".bz2",
+    ".xz", ".zst", ".zip", ".tar", ".safetensors", ".pth", ".pt",
+)
+
+
+def looks_like_hub_id(value, *, config: bool = False, bare_name: bool = False) -> bool:
+    """Whether ``value`` names a Hub repository rather than a local path: ``owner/name`` (letters, digits,
+    ``_ . -``; each part starting with a letter or digit), not an existing path, not ending in a file extension
+    such as ``.csv`` or ``.safetensors``.  ``config``: a dataset id may end in ``:config``; ``bare_name``: a model
+    id may be a bare name without owner (``gpt2``)."""
+    if not isinstance(value, str) or "\\" in value or Path(value).expanduser().exists():
+        return False
+    match = HUB_ID.match(value)
+    if match is None or (match["config"] and not config) or ("/" not in match["repo"] and not bare_name):
+        return False
+    return not match["repo"].lower().endswith(_FILE_SUFFIXES)
 
 
 CONFIG_FILE = "config.json"

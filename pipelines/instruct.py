@@ -11,7 +11,7 @@
    learns to stop, padding targets after it are ignored, and with ``--mask-prompt`` the prompt's targets are
    ignored too, so only the response is learned; sequences are cut to ``--max-length`` (default: the context);
 4. run the shared training loop (``pipelines.train_loop.Trainer``) with the next-token loss of pretraining
-   (``pipelines.pretrain.lm_loss``); at each evaluation (about every quarter epoch) the validation loss is measured
+   (``pipelines.pretrain.lm_loss``); at each evaluation (four per epoch) the validation loss is measured
    and answers to a few validation instructions are generated greedily (no randomness, so the global RNG and with it
    a resumed run stay untouched);
 5. write the run folder: a loadable model folder whose tokenizer carries the Alpaca chat template (so
@@ -50,7 +50,7 @@ from . import lora
 from .errors import UserError
 from .fsutil import atomic_write_json
 from .runfolder import claims_out_dir
-from .train_loop import TrainConfig, Trainer, latest_checkpoint, plot_history
+from .train_loop import TrainConfig, Trainer, latest_checkpoint, perplexity, plot_history
 
 SPLIT_FRACTIONS = (0.85, 0.05, 0.10)  # train / validation / test, as in the book
 DEFAULT_MAX_NEW_TOKENS = 256  # the book's answer length; always capped by what fits in the context
@@ -94,9 +94,9 @@ class InstructConfig(lora.LoraOptions, TrainConfig):
         default="constant", metadata={"choices": ["cosine", "constant"], "help": "after warmup"}
     )
     adam_beta2: float = 0.999
-    eval_every: int = field(
-        default=-1,
-        metadata={"help": "evaluate every N steps (-1: about every quarter epoch; 0: only at the end)", "min": -1},
+    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})
+    evals_per_epoch: float = field(
+        default=4.0, metadata={"help": "evaluations per pass over the training split (0: --eval-every decides)"}
     )
     log_every: int = field(default=5, metadata={"help": "log every N steps"})
 
@@ -311,6 +311,7 @@ def finetune(cfg: InstructConfig) -> int:
     from .generate import check_model_folder
     from .losses import lm_loss
     from .prompts import ALPACA_CHAT_TEMPLATE, format_alpaca
+    from .run_record import RunRecord, model_architecture
     from .runfolder import check_out_dir, prepare_out_dir, save_run_config, write_model_folder
     from .train_loop import make_accelerator
 
@@ -343,64 +344,25 @@ def finetune(cfg: InstructConfig) -> int:
     datasets, collate, data_stats = prepare_data(cfg, tokenizer, splits, max_length, log=accelerator.print)
     if not datasets["val"]:
         raise UserError("the validation split has no usable records: give more data or raise --max-length")
-    world = accelerator.num_processes
-    if len(datasets["train"]) < cfg.batch_size * world:
-        raise UserError(
-            f"the training split has {len(datasets['train'])} usable records, fewer than one batch "
-            f"({cfg.batch_size} per device x {world} devices): lower --batch-size or give more data"
-        )
-
-    if accelerator.is_main_process:
-        prepare_out_dir(out, cfg.resume, cfg.overwrite, cfg.take_over_lock)
-        save_splits(out, splits, cfg.resume)
-    accelerator.wait_for_everyone()
-    resume_from = latest_checkpoint(out) if cfg.resume else None
-    set_seed(cfg.seed)
-
-    per_epoch = len(datasets["train"]) // (cfg.batch_size * world)
-    steps_per_epoch = per_epoch / max(1, cfg.gradient_accumulation_steps)
-    if cfg.eval_every < 0:
-        cfg = dataclasses.replace(cfg, eval_every=max(1, round(steps_per_epoch / 4)))
-
-    run_config = {
-        **dataclasses.asdict(cfg),
-        "base_model": cfg.model,
-        "trainable": trained,
-        "trainable_parameters": n_trainable,
-        "trainable_percent": round(100 * n_trainable / n_params, 4),
-        "max_length": max_length,
-        "records": {name: len(part) for name, part in splits.items()},
-        "model_config": model.config.to_diff_dict(),
-        **data_stats,
-    }
-    run_config["model_config"].pop("transformers_version", None)
-    if accelerator.is_main_process:
-        save_run_config(out, run_config)
-
     sample_records = splits["val"][: cfg.sample_count]
 
     def on_eval(trainer, record):
-        if not sample_records:
+        if not sample_records or not trainer.is_main:
             return
         answers = generate_responses(
             lora.inner_model(accelerator.unwrap_model(trainer.model)), tokenizer, sample_records,
             batch_size=len(sample_records), max_new_tokens=cfg.sample_tokens,
         )
         for rec, answer in zip(sample_records, answers):
-            # "prompt" + "text" is the shape every workflow's samples share (the report card shows them); kept in
-            # the trainer's notes, which checkpoints save, so a resumed run still lists the earlier ones
-            trainer.notes.setdefault("samples", []).append(
+            # "prompt" + "text" is the shape every workflow's samples share (the report card shows them); saved
+            # with each checkpoint, so a resumed run still lists the earlier ones
+            trainer.workflow_state.setdefault("samples", []).append(
                 {"step": record["step"], "instruction": rec["instruction"], "input": rec["input"],
                  "prompt": format_alpaca(rec), "text": answer}
             )
             trainer.log(f"sample @ step {record['step']}: {rec['instruction'][:60]!r} -> {answer[:120]!r}")
 
-    accelerator.print(
-        f"base model {cfg.model}: {n_params / 1e6:.2f}M parameters, context {context}; records "
-        f"train {len(datasets['train'])} / val {len(datasets['val'])} / test {len(datasets['test'])}; "
-        f"max length {max_length}; {'response-only' if cfg.mask_prompt else 'prompt and response'} targets; "
-        f"trainable ({trained}): {n_trainable:,} ({100 * n_trainable / n_params:.2f}% of {n_params:,})"
-    )
+    set_seed(cfg.seed)
     trainer = Trainer(
         model,
         cfg,
@@ -413,16 +375,46 @@ def finetune(cfg: InstructConfig) -> int:
         accelerator=accelerator,
         run_name="finetune-instruct",
     )
+
+    if accelerator.is_main_process:
+        prepare_out_dir(out, cfg.resume, cfg.overwrite, cfg.take_over_lock)
+        save_splits(out, splits, cfg.resume)
+    accelerator.wait_for_everyone()
+    resume_from = latest_checkpoint(out) if cfg.resume else None
+
+    run_config = RunRecord(
+        settings={
+            **dataclasses.asdict(cfg),
+            "max_length": max_length,
+            "records": {name: len(part) for name, part in splits.items()},
+            **data_stats,
+        },
+        architecture=model_architecture(model.config),
+        parameters=n_params,
+        base_model=cfg.model,
+        trainable=trained,
+        trainable_parameters=n_trainable,
+        trainable_percent=round(100 * n_trainable / n_params, 4),
+    )
+    if accelerator.is_main_process:
+        save_run_config(out, run_config)
+
+    accelerator.print(
+        f"base model {cfg.model}: {n_params / 1e6:.2f}M parameters, context {context}; records "
+        f"train {len(datasets['train'])} / val {len(datasets['val'])} / test {len(datasets['test'])}; "
+        f"max length {max_length}; {'response-only' if cfg.mask_prompt else 'prompt and response'} targets; "
+        f"trainable ({trained}): {n_trainable:,} ({100 * n_trainable / n_params:.2f}% of {n_params:,})"
+    )
     accelerator.print(
         f"{trainer.total_steps} steps of {trainer.global_batch} records (learning rate {cfg.learning_rate:g}); "
-        f"evaluating every {cfg.eval_every or trainer.total_steps} steps"
+        f"evaluating every {trainer.eval_every or trainer.total_steps} steps"
     )
     result = trainer.fit(resume_from)
-    samples = trainer.notes.get("samples", [])
+    samples = trainer.workflow_state.get("samples", [])
     final = dict(result.final)
     if datasets["test"]:
-        test = trainer.evaluate(datasets["test"])
-        final.update(test_loss=test["loss"], test_perplexity=test["perplexity"])
+        test_loss = trainer.evaluate(datasets["test"])
+        final.update(test_loss=test_loss, test_perplexity=perplexity(test_loss))
     final.update(parameters=n_params, train_records=len(datasets["train"]), val_records=len(datasets["val"]),
                  test_records=len(datasets["test"]), trainable=trained, trainable_parameters=n_trainable,
                  trainable_percent=round(100 * n_trainable / n_params, 4))

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .folders import looks_like_hub_id
 
 LORA_TARGETS = ("qkv_proj", "out_proj", "fc_in", "fc_out")
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -200,9 +201,7 @@ def merge(model):
 
 def base_reference(spec: str, resolved: Path) -> str:
     """What ``base_model_name_or_path`` records: a Hub id as given, a local folder as its absolute path."""
-    from .classify import _HUB_MODEL_ID
-
-    if not Path(str(spec)).expanduser().exists() and _HUB_MODEL_ID.match(str(spec)):
+    if looks_like_hub_id(str(spec)):
         return str(spec)  # a Hub id: found again through the Hub (or its cache), wherever the folder goes
     return str(Path(resolved).expanduser().resolve())
 
@@ -250,10 +249,13 @@ def write_adapter_folder(
     )
 
 
-def write_merged_folder(out_dir, model, tokenizer, metrics: dict, run_config: dict, workflow: str, **extra) -> Path:
+def write_merged_folder(out_dir, model, tokenizer, metrics: dict, run_config, workflow: str, **extra) -> Path:
     """``OUT/merged``: the adapters folded into the weights (``merge_and_unload``), written by the project's
     ``write_model_folder`` as an ordinary model folder (config with ``auto_map``, both code files, weights, cards),
     with a copy of the run's plots.  ``model`` is merged in place: write the adapter folder first."""
+    import dataclasses
+
+    from .run_record import as_run_record
     from .runfolder import write_model_folder
 
     out = Path(out_dir)
@@ -263,7 +265,8 @@ def write_merged_folder(out_dir, model, tokenizer, metrics: dict, run_config: di
     if (out / "plots").is_dir():
         shutil.copytree(out / "plots", merged_dir / "plots")
     write_model_folder(
-        merged_dir, merge(model), tokenizer, metrics=metrics, run_config={**run_config, "lora_merged": True},
+        merged_dir, merge(model), tokenizer, metrics=metrics,
+        run_config=dataclasses.replace(as_run_record(run_config), lora_merged=True),
         workflow=workflow, **extra,
     )
     return merged_dir
@@ -308,7 +311,7 @@ def adapter_kind(config: dict) -> str:
 def resolve_base(folder, config: dict, flag: str = "--model") -> Path:
     """A local folder for the adapter's base: its path (absolute, or relative to here or to the adapter folder), or
     the Hub cache's snapshot of its Hub id."""
-    from .classify import _HUB_MODEL_ID, resolve_model_dir
+    from .classify import resolve_model_dir
 
     folder = Path(str(folder)).expanduser()
     spec = str(config["base_model_name_or_path"])
@@ -318,7 +321,7 @@ def resolve_base(folder, config: dict, flag: str = "--model") -> Path:
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    if Path(spec).is_absolute() or not _HUB_MODEL_ID.match(spec):
+    if not looks_like_hub_id(spec):
         raise UserError(
             f"{flag} {folder} is a LoRA adapter for the base model {spec}, which does not exist here: restore that "
             f"folder, or set base_model_name_or_path in {folder / ADAPTER_CONFIG_FILE} to where the base is now"
@@ -327,21 +330,20 @@ def resolve_base(folder, config: dict, flag: str = "--model") -> Path:
 
 
 def adapter_labels(folder, flag: str = "--model") -> list[str]:
-    """The label names of a classifier adapter folder (``labels`` of run_config.yaml, else metrics.json)."""
-    folder = Path(str(folder))
-    import yaml
+    """The label names of a classifier adapter folder (those of its run record, else of metrics.json)."""
+    from .run_record import RunRecord
 
-    for name in ("run_config.yaml", "metrics.json"):
-        path = folder / name
-        if not path.is_file():
-            continue
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
-        except (OSError, yaml.YAMLError):
-            continue
-        labels = data.get("labels") if isinstance(data, dict) else None
-        if isinstance(labels, list) and len(labels) >= 2:
-            return [str(label) for label in labels]
+    folder = Path(str(folder))
+    recorded = RunRecord.read(folder).labels
+    if recorded is not None and len(recorded) >= 2:
+        return recorded
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        metrics = None
+    labels = metrics.get("labels") if isinstance(metrics, dict) else None
+    if isinstance(labels, list) and len(labels) >= 2:
+        return [str(label) for label in labels]
     raise UserError(
         f"{flag} {folder} is a classifier adapter without its label names (the 'labels' of run_config.yaml or "
         "metrics.json): re-run finetune-classifier, or restore those files"
@@ -459,22 +461,21 @@ def adapter_card_facts(folder, kind: str, repo_id: str | None = None, base_model
 
     ``base_model_id``: the base's Hub id when the adapter names a local folder (``publish --base-model-id``).
     """
-    import yaml
-
-    from .cards import fmt, looks_like_hub_id
+    from .card_format import fmt
+    from .run_record import RunRecord
 
     folder = Path(folder)
 
-    def read(name, loader):
+    def read(name):
         try:
-            data = loader((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError, yaml.YAMLError):
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
 
-    config = read(ADAPTER_CONFIG_FILE, json.loads)
-    run_config = read("run_config.yaml", yaml.safe_load)
-    final = read("metrics.json", json.loads).get("final")
+    config = read(ADAPTER_CONFIG_FILE)
+    record = RunRecord.read(folder)
+    final = read("metrics.json").get("final")
     final = final if isinstance(final, dict) else {}
     named = str(config.get("base_model_name_or_path") or "")
     base_id = base_model_id or (named if looks_like_hub_id(named) else None)
@@ -482,10 +483,8 @@ def adapter_card_facts(folder, kind: str, repo_id: str | None = None, base_model
     found = config.get("target_modules") or []
     found = [found] if isinstance(found, str) else list(found)
     ordered = [t for t in LORA_TARGETS if t in found] + sorted(t for t in found if t not in LORA_TARGETS)
-    labels = run_config.get("labels") if isinstance(run_config.get("labels"), list) else None
-    context = (run_config.get("model_config") or {}).get("max_position_embeddings") \
-        if isinstance(run_config.get("model_config"), dict) else None
-    trainable = final.get("trainable_parameters", run_config.get("trainable_parameters"))
+    context = record.architecture.get("max_position_embeddings")
+    trainable = final.get("trainable_parameters", record.trainable_parameters)
     return {
         "base_id": base_id,
         "base_ref": base_ref,
@@ -494,7 +493,7 @@ def adapter_card_facts(folder, kind: str, repo_id: str | None = None, base_model
         "alpha": f"{config['lora_alpha']:g}" if isinstance(config.get("lora_alpha"), (int, float)) else "unknown",
         "targets": ", ".join(f"`{t}`" for t in ordered) or "the chosen Linears",
         "trainable": fmt(trainable) if trainable is not None else "an unrecorded number of",
-        "usage": adapter_usage_snippet(kind, repo_id or str(folder), base_ref, labels, context),
+        "usage": adapter_usage_snippet(kind, repo_id or str(folder), base_ref, record.labels, context),
     }
 
 

@@ -18,7 +18,7 @@ from . import config as config_schema
 from .errors import UserError
 from .losses import lm_loss
 from .runfolder import claims_out_dir
-from .train_loop import TrainConfig, Trainer, latest_checkpoint, plot_history
+from .train_loop import TrainConfig, Trainer, latest_checkpoint, perplexity, plot_history
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny-cpu.yaml"
 
@@ -221,6 +221,7 @@ def pretrain(cfg: PretrainConfig) -> int:
 
     from modeling_gpt_scratch import GPTScratchForCausalLM
 
+    from .run_record import RunRecord, model_architecture
     from .runfolder import prepare_out_dir, save_run_config, write_model_folder
     from .train_loop import make_accelerator
 
@@ -246,14 +247,15 @@ def pretrain(cfg: PretrainConfig) -> int:
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         datasets, n_tokens = build_datasets(cfg, tokenizer, out, context)  # cache hit: built by rank 0
-    run_config = {**dataclasses.asdict(cfg), "model": model_config.to_diff_dict(), "corpus_tokens": n_tokens}
-    run_config["model"].pop("transformers_version", None)
-    if accelerator.is_main_process:
-        save_run_config(out, run_config)
-
     set_seed(cfg.seed)
     model = GPTScratchForCausalLM(model_config)
     n_params = sum(p.numel() for p in model.parameters())
+    run_config = RunRecord(
+        settings=dataclasses.asdict(cfg), architecture=model_architecture(model_config), parameters=n_params,
+        corpus_tokens=n_tokens,
+    )
+    if accelerator.is_main_process:
+        save_run_config(out, run_config)
     accelerator.print(
         f"model: {cfg.preset} {n_params / 1e6:.2f}M parameters, context {context}; corpus {n_tokens:,} tokens "
         f"(train {len(datasets['train']):,} / val {len(datasets['val']):,} / test {len(datasets['test']):,} windows)"
@@ -266,9 +268,11 @@ def pretrain(cfg: PretrainConfig) -> int:
     def on_eval(trainer, record):
         if record.get("val_loss") is not None and "val" in byte_ratio:
             record["val_bpb"] = bpb_from_ratio(record["val_loss"], byte_ratio["val"])
+        if not trainer.is_main:
+            return
         text = sample_text(trainer.model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, cfg.seed)
-        # kept in the trainer's notes, so a resumed run still lists the samples from before its checkpoint
-        trainer.notes.setdefault("samples", []).append(
+        # saved with each checkpoint, so a resumed run still lists the samples from before its checkpoint
+        trainer.workflow_state.setdefault("samples", []).append(
             {"step": record["step"], "prompt": cfg.sample_prompt, "text": text}
         )
         trainer.log(f"sample @ step {record['step']}: {cfg.sample_prompt}{text!r}")
@@ -292,11 +296,11 @@ def pretrain(cfg: PretrainConfig) -> int:
         f"; {trainer.total_steps} steps"
     )
     result = trainer.fit(resume_from)
-    samples = trainer.notes.get("samples", [])
+    samples = trainer.workflow_state.get("samples", [])
     final = dict(result.final)
     if len(datasets["test"]):
-        test = trainer.evaluate(datasets["test"])
-        final.update(test_loss=test["loss"], test_perplexity=test["perplexity"])
+        test_loss = trainer.evaluate(datasets["test"])
+        final.update(test_loss=test_loss, test_perplexity=perplexity(test_loss))
     for name, ratio in byte_ratio.items():
         final[f"{name}_bytes_per_token"] = ratio
         if f"{name}_loss" in final:

@@ -14,7 +14,8 @@ Steps, in this order, and nothing is sent before the last one:
    blocked) through ``trust_remote_code=True`` and generate a few tokens / classify two texts;
 6. ``create_repo`` (``exist_ok``), the branch for ``--revision`` if needed, and one ``upload_folder`` commit.
 
-``--dry-run`` does steps 1-5 and prints the files that would be sent with their sizes.
+``--dry-run`` does steps 1-5 and prints the files that would be sent with their sizes.  Step 5's scripts are in
+``pipelines.publish_verify``; step 2 and step 6 (the Hub client) in ``pipelines.publish_hub``.
 
 A LoRA adapter folder (the ``--out`` of a fine-tune with ``--lora-rank``, see ``pipelines.lora``) is published as an
 adapter: ``adapter_config.json`` and ``adapter_model.safetensors`` with the tokenizer, cards, metrics and run config,
@@ -32,25 +33,28 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from .card_format import redact
+from .folders import looks_like_hub_id
 from .errors import UserError
 from .folders import CODE_FILES  # a model folder's file names: defined in pipelines.folders
 from .folders import TOKENIZER_SAVE_FILES as TOKENIZER_FILES
+from .publish_hub import get_hub_token, upload
+from .publish_verify import VERIFY_ADAPTER_SCRIPT, VERIFY_MARK, VERIFY_SCRIPT
+from .run_record import RUN_RECORD_FILE
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-DOC_FILES = ("README.md", "report.md", "metrics.json", "run_config.yaml")
+DOC_FILES = ("README.md", "report.md", "metrics.json", RUN_RECORD_FILE)
 PLOT_SUFFIXES = (".png", ".svg")
 SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 REPO_ID_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?/[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
 TEXT_SUFFIXES = (".json", ".md", ".yaml", ".yml", ".py", ".txt", ".jinja")
 VERIFY_TIMEOUT_S = 1800
-VERIFY_MARK = "GPT_SCRATCH_VERIFY "
 
 
 def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
@@ -213,7 +217,6 @@ def check_folder(folder: str | os.PathLike) -> Path:
 def adapter_base(folder: Path, base_model_id: str | None) -> tuple[str, Path]:
     """``(Hub id the published adapter names, local base folder to verify with)`` for a LoRA adapter folder."""
     from . import lora
-    from .cards import looks_like_hub_id
 
     config = lora.read_adapter_config(folder)
     named = str(config["base_model_name_or_path"])
@@ -292,89 +295,8 @@ def _check_no_token(folder: Path, files: list[str], token: str | None) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# verification in a clean interpreter
+# verification in a clean interpreter (the scripts: pipelines.publish_verify)
 # ------------------------------------------------------------------------------------------------------------------
-
-# The end of both verify scripts: a causal model must generate; the result is printed on one tagged line.
-_VERIFY_GENERATE = r"""    else:
-        enc = tokenizer("Every effort moves you", return_tensors="pt")
-        out = model.generate(**enc, max_new_tokens=4, do_sample=False)
-        new = out[0, enc["input_ids"].shape[1]:]
-        if new.numel() == 0:
-            raise RuntimeError("generate produced no new tokens")
-        result["generated"] = tokenizer.decode(new)
-print("GPT_SCRATCH_VERIFY " + json.dumps(result))
-"""
-
-# Runs with `python -I` in an empty working folder: no PYTHONPATH, no user site, no cwd on sys.path, and the
-# installed model package blocked, so only the folder's own code can be what loads.
-VERIFY_SCRIPT = r"""
-import json, sys
-sys.modules["modeling_gpt_scratch"] = None
-sys.modules["pipelines"] = None
-folder, kind = sys.argv[1], sys.argv[2]
-import torch
-from transformers import AutoConfig, AutoTokenizer
-torch.manual_seed(0)
-config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-if kind == "classifier":
-    from transformers import AutoModelForSequenceClassification as Auto
-else:
-    from transformers import AutoModelForCausalLM as Auto
-model = Auto.from_pretrained(folder, trust_remote_code=True)
-for obj in (config, model):
-    if not type(obj).__module__.startswith("transformers_modules"):
-        raise RuntimeError(f"{type(obj).__name__} came from {type(obj).__module__}, not from the folder's code")
-result = {"model_class": type(model).__name__, "config_class": type(config).__name__}
-texts = ["Congratulations, you won a free prize! Call now.", "Are we still meeting for lunch tomorrow?"]
-with torch.no_grad():
-    if kind == "classifier":
-        enc = tokenizer(texts[:1], return_tensors="pt")
-        label = model.config.id2label[int(model(**enc).logits.argmax(-1)[0])]
-        from transformers import pipeline
-        classify = pipeline("text-classification", model=folder, trust_remote_code=True)
-        predictions = classify(texts)
-        labels = set(model.config.id2label.values())
-        if not all(p["label"] in labels for p in predictions):
-            raise RuntimeError(f"the pipeline returned labels {predictions} outside {sorted(labels)}")
-        result["predictions"] = [label] + [p["label"] for p in predictions]
-""" + _VERIFY_GENERATE
-
-
-# The same clean interpreter for a LoRA adapter: the base folder through remote code, then the adapter through PEFT.
-VERIFY_ADAPTER_SCRIPT = r"""
-import json, sys
-sys.modules["modeling_gpt_scratch"] = None
-sys.modules["pipelines"] = None
-folder, kind, base, labels = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-import torch
-from peft import PeftModel
-from transformers import AutoTokenizer
-torch.manual_seed(0)
-if kind == "classifier":
-    from transformers import AutoModelForSequenceClassification as Auto
-    extra = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                 label2id={name: i for i, name in enumerate(labels)})
-else:
-    from transformers import AutoModelForCausalLM as Auto
-    extra = {}
-base_model = Auto.from_pretrained(base, trust_remote_code=True, **extra)
-if not type(base_model).__module__.startswith("transformers_modules"):
-    raise RuntimeError(f"{type(base_model).__name__} came from {type(base_model).__module__}, not the base's code")
-model = PeftModel.from_pretrained(base_model, folder).eval()
-tokenizer = AutoTokenizer.from_pretrained(folder)
-with open(folder + "/adapter_config.json", encoding="utf-8") as f:
-    named = json.load(f)["base_model_name_or_path"]
-result = {"model_class": type(base_model).__name__, "adapter_class": type(model).__name__, "base": named}
-texts = ["Congratulations, you won a free prize! Call now.", "Are we still meeting for lunch tomorrow?"]
-with torch.no_grad():
-    if kind == "classifier":
-        model.config.pad_token_id = tokenizer.pad_token_id
-        enc = tokenizer(texts, padding=True, return_tensors="pt")
-        predictions = [labels[int(i)] for i in model(**enc).logits.argmax(-1)]
-        result["predictions"] = predictions
-""" + _VERIFY_GENERATE
 
 
 def _last_error_line(stderr: str) -> str:
@@ -393,8 +315,6 @@ def verify_remote_code(
 
     With ``base`` (a local model folder), ``folder`` is a LoRA adapter: the base is loaded through remote code and
     the adapter applied with ``PeftModel.from_pretrained`` (``labels``: a classifier's label names)."""
-    from .cards import redact
-
     folder = Path(folder).resolve()
     with tempfile.TemporaryDirectory(prefix="gpt-scratch-verify-") as tmp:
         tmp = Path(tmp)
@@ -445,115 +365,6 @@ def verify_remote_code(
         f"'{folder}' does not load through remote code in a clean Python ({redact(_last_error_line(proc.stderr))}): "
         "nothing was sent; re-save the model with save_pretrained from modeling_gpt_scratch and try again"
     )
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# the Hub
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def get_hub_token() -> str | None:
-    """The Hub token from ``HF_TOKEN`` or the ``hf auth login`` cache; ``None`` when there is none."""
-    token = os.environ.get("HF_TOKEN", "").strip()
-    if token:
-        return token
-    from huggingface_hub import get_token
-
-    try:
-        return get_token() or None
-    except Exception as exc:  # noqa: BLE001 - e.g. a broken token file or a failed OIDC exchange
-        raise UserError(
-            f"could not read the Hugging Face token ({type(exc).__name__}): run `hf auth login` again or set HF_TOKEN"
-        ) from None
-
-
-_NETWORK_ERRORS = {"TransportError", "NetworkError", "ConnectError", "TimeoutException", "RequestError", "ProxyError"}
-
-
-def _is_network_error(exc: BaseException) -> bool:
-    seen = 0
-    while exc is not None and seen < 5:
-        if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
-            return True
-        if any(cls.__name__ in _NETWORK_ERRORS for cls in type(exc).__mro__):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
-
-
-def hub_error(exc: BaseException, action: str, repo_id: str, token: str | None) -> UserError:
-    """One clear line for a failed Hub call; the token never appears in it."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    from .cards import redact
-
-    def clean(text: str) -> str:
-        text = " ".join(str(text).split())
-        if token:
-            text = text.replace(token, "***")
-        return redact(text)[:300]
-
-    if isinstance(exc, OfflineModeIsEnabled):
-        return UserError(
-            f"HF_HUB_OFFLINE is set, so nothing can be sent to the Hub ({action}): unset HF_HUB_OFFLINE to publish, "
-            "or pass --dry-run to only check the folder"
-        )
-    if isinstance(exc, HfHubHTTPError):
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        detail = clean(getattr(exc, "server_message", None) or str(exc).splitlines()[0])
-        if status == 401:
-            return UserError(
-                f"the Hub rejected the token while {action} (401 Unauthorized): run `hf auth login` again or set "
-                "HF_TOKEN to a valid token with write access"
-            )
-        if status == 403:
-            return UserError(
-                f"the token may not write to '{repo_id}' while {action} (403 Forbidden: {detail}): use a token with "
-                "write access to that user or organisation, or a repo id under your own user name"
-            )
-        return UserError(f"the Hub refused {action} for '{repo_id}' (HTTP {status}: {detail}); nothing was committed")
-    if _is_network_error(exc):
-        return UserError(
-            f"could not reach the Hugging Face Hub at {constants.ENDPOINT} while {action} "
-            f"({type(exc).__name__}: {clean(exc)}): check the network connection (and HF_ENDPOINT or proxy "
-            "settings) and run publish again; nothing was committed"
-        )
-    raise exc
-
-
-def _escape_pattern(path: str) -> str:
-    return re.sub(r"([\[\]*?])", r"[\1]", path)
-
-
-def upload(folder: Path, files: list[str], repo_id: str, token: str, *, private: bool, revision: str | None,
-           commit_message: str) -> tuple[str, object]:
-    """Create the repo (and branch) if needed and send ``files`` in one commit. Returns (repo url, commit info)."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    action = "creating the repo"
-    try:
-        repo_url = api.create_repo(repo_id, private=True if private else None, exist_ok=True, repo_type="model")
-        if revision and revision != "main":
-            action = f"creating branch '{revision}'"
-            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-        action = "uploading the files"
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(folder),
-            repo_type="model",
-            revision=revision,
-            commit_message=commit_message,
-            allow_patterns=[_escape_pattern(f) for f in files],
-            ignore_patterns=[".*", "*/.*", "checkpoints/*", "cache/*"],
-        )
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - turned into one line; unknown errors are re-raised by hub_error
-        raise hub_error(exc, action, repo_id, token) from None
-    return str(repo_url), commit
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -681,7 +492,4 @@ __all__ = [
     "check_folder",
     "files_to_upload",
     "verify_remote_code",
-    "get_hub_token",
-    "upload",
-    "hub_error",
 ]

@@ -5,7 +5,7 @@ Layout::
     config.json  model.safetensors  configuration_gpt_scratch.py  modeling_gpt_scratch.py   (the model + its code)
     tokenizer.json  tokenizer_config.json  ...                                              (the tokenizer)
     generation_config.json   README.md (model card)   report.md (report card)
-    metrics.json (final and per-eval metrics)   run_config.yaml (the resolved config)   plots/*.png
+    metrics.json (final and per-eval metrics)   run_config.yaml (the run record)   plots/*.png
     checkpoints/step-N/  (for --resume)
 
 Files appear atomically: everything is written into a temporary folder inside the run folder first and then
@@ -25,11 +25,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 from .errors import UserError
 from .folders import CODE_FILES, CONFIG_FILE  # a model folder's file names live in pipelines.folders
 from .fsutil import atomic_write_json, atomic_write_text, publish_files
+from .run_record import RUN_RECORD_FILE, RunRecord, as_run_record
 
 MODEL_FILES = (CONFIG_FILE, "model.safetensors", *CODE_FILES)
 
@@ -57,7 +56,7 @@ MODEL_FILES = (CONFIG_FILE, "model.safetensors", *CODE_FILES)
 
 LOCK_NAME = ".gpt-scratch.lock"
 # entries a run writes before its final model; an --out holding only these (and temporary files) is "unfinished"
-RUN_LEFTOVERS = ("tokenizer", "cache", "splits", "checkpoints", "plots", "run_config.yaml", LOCK_NAME)
+RUN_LEFTOVERS = ("tokenizer", "cache", "splits", "checkpoints", "plots", RUN_RECORD_FILE, LOCK_NAME)
 KEEP_ON_RESTART = ("cache", LOCK_NAME)  # the token cache is keyed by data and tokenizer: still valid
 # any of these means the run wrote (part of) its final model folder
 FINAL_MARKERS = (
@@ -468,8 +467,9 @@ def prepare_out_dir(out_dir: str | Path, resume: bool, overwrite: bool = False, 
     return out
 
 
-def save_run_config(out_dir: Path, config: dict) -> None:
-    atomic_write_text(Path(out_dir) / "run_config.yaml", yaml.safe_dump(config, sort_keys=False))
+def save_run_config(out_dir: Path, record: RunRecord | dict) -> None:
+    """Write the run record (``run_config.yaml``, see :mod:`pipelines.run_record`) into ``out_dir`` atomically."""
+    atomic_write_text(Path(out_dir) / RUN_RECORD_FILE, as_run_record(record).to_yaml())
 
 
 def environment() -> dict:
@@ -495,7 +495,7 @@ def write_run_folder(
     tokenizer,
     *,
     metrics: dict,
-    run_config: dict,
+    run_config: RunRecord | dict,
     workflow: str,
     samples: list[dict] | None = None,
 ) -> Path:
@@ -519,7 +519,7 @@ def write_run_folder(
             tokenizer.save_pretrained(staging)
             strip_local_files_only(staging)
         atomic_write_json(staging / "metrics.json", metrics)
-        atomic_write_text(staging / "run_config.yaml", yaml.safe_dump(run_config, sort_keys=False))
+        save_run_config(staging, run_config)
         fault_point("final-write")
         publish_files(staging, out, after_each=lambda: fault_point("final-publish"))
     finally:
@@ -534,7 +534,7 @@ def write_model_folder(
     tokenizer,
     *,
     metrics: dict,
-    run_config: dict,
+    run_config: RunRecord | dict,
     workflow: str,
     generation_config=None,
     samples: list[dict] | None = None,

@@ -8,14 +8,22 @@ What it does, in order, for each optimizer step:
 3. stop with a clear message on a NaN/inf loss, before the optimizer touches the weights;
 4. clip the global gradient norm, set the learning rate (linear warmup, then cosine decay or constant), AdamW step;
 5. every ``log_every`` steps: loss, tokens/s and MFU to the progress bar, the trackers and the history;
-6. every ``eval_every`` steps: validation loss and perplexity, plus the workflow's own metrics and samples;
-7. every ``checkpoint_every`` steps: ``accelerator.save_state`` into a temporary folder renamed into place, keeping
-   the newest ``keep_checkpoints``.
+6. at each evaluation (:attr:`Trainer.eval_every`): validation loss and perplexity, then the workflow's ``on_eval``
+   hook (its own metrics, samples);
+7. every ``checkpoint_every`` steps: a checkpoint (``pipelines.train_checkpoints``), keeping the newest
+   ``keep_checkpoints``.
+
+The Trainer owns the loop's arithmetic, so that every workflow reads the same numbers from it: the optimizer steps
+in a pass over the training set (:attr:`Trainer.steps_per_epoch`), the run's length (``max_steps``, or ``epochs``
+passes), and the evaluation cadence (``eval_every`` steps, or ``evals_per_epoch`` evaluations per pass); it refuses a
+training set smaller than one batch.
 
 The loop knows nothing about a workflow's data format: a workflow hands it datasets, a collate function that makes
 dict batches, and a ``loss_fn(model, batch) -> (mean loss, count)`` (``pipelines.losses``): the count (tokens scored,
-or examples) weighs each batch's mean in evaluation.  Throughput counts the real tokens of a batch: its
-``attention_mask``'s ones where it has one, else the loss's count (the tokens scored).
+or examples) weighs each batch's mean in evaluation (:meth:`Trainer.evaluate`, which takes any metric of that shape).
+Throughput (tokens/s, MFU, tokens seen) counts the tokens the model reads: a batch's ``attention_mask`` ones where it
+has one (a classifier's loss counts examples, an instruction loss with ``--mask-prompt`` only the response), else the
+loss's count (the tokens scored: every token of a pretraining window).
 """
 
 from __future__ import annotations
@@ -23,11 +31,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import math
 import os
-import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +41,9 @@ from typing import Callable
 import torch
 
 from .errors import UserError
-from .fsutil import atomic_path, atomic_write_json
+from .fsutil import atomic_path
+from .throughput import device_peak_flops, flops_per_token, format_mfu
+from .train_checkpoints import fault_point, latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -78,6 +85,11 @@ class TrainConfig:
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (falls back if it fails)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
     eval_every: int = field(default=50, metadata={"help": "evaluate every N steps (0: only at the end)", "min": 0})
+    evals_per_epoch: float = field(
+        default=0.0,
+        metadata={"help": "evaluate this many times per pass over the training set (0: --eval-every decides)",
+                  "min": 0, "alternative_to": "eval_every", "off": 0},
+    )
     eval_batches: int = field(default=0, metadata={"help": "batches per evaluation; 0 = the whole split", "min": 0})
     log_every: int = field(default=10, metadata={"help": "log every N steps", "min": 1})
     checkpoint_every: int = field(
@@ -96,54 +108,6 @@ class TrainConfig:
         default=False,
         metadata={"help": "use an --out whose lock was left by a run that is no longer running (killed or crashed)"},
     )
-
-
-# Peak dense bf16 tensor throughput (FLOP/s) of common accelerators, from the vendors' data sheets.
-PEAK_BF16_FLOPS = {
-    "H200": 989e12,
-    "H100 SXM": 989e12,
-    "H100 80GB HBM3": 989e12,  # the SXM board's name in torch.cuda.get_device_name
-    "H100 NVL": 835e12,
-    "H100 PCIe": 756e12,
-    "H100": 756e12,
-    "A100": 312e12,
-    "A10G": 70e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "RTX 4090": 165e12,
-    "RTX 3090": 71e12,
-    "V100": 125e12,
-}
-
-
-def device_peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, peak in PEAK_BF16_FLOPS.items():
-        if key in name:
-            return peak
-    return None
-
-
-def flops_per_token(model, seq_len: int) -> float:
-    """Training FLOPs per token: 6 per parameter that multiplies (forward 2, backward 4), plus attention's
-    ``12 * layers * width * seq_len`` (Kaplan et al., 2020, section 2.1; PaLM, Chowdhery et al., 2022, appendix B).
-
-    Embedding lookups do no arithmetic: the position table is left out, and so is the token table unless the output
-    head shares it (then it is the head's matrix, counted once)."""
-    config = model.config
-    params = {p.data_ptr(): p.numel() for p in model.parameters()}  # a tied matrix once
-    lookups = [model.get_input_embeddings()]
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and head.weight.data_ptr() == lookups[0].weight.data_ptr():
-        lookups = []
-    base = getattr(model, model.base_model_prefix, model)
-    if hasattr(base, "pos_emb"):
-        lookups.append(base.pos_emb)
-    for table in lookups:
-        params.pop(table.weight.data_ptr(), None)
-    return 6 * sum(params.values()) + 12 * config.num_hidden_layers * config.hidden_size * seq_len
 
 
 def compile_with_fallback(model, log: Callable[[str], None]):
@@ -228,49 +192,6 @@ class TrainResult:
     tokens_seen: int
 
 
-# ---- the test-only fault hook ----------------------------------------------------------------------------------
-# GPT_SCRATCH_FAULT=POINT:N[:ACTION] makes the process SIGKILL itself (ACTION "kill", the default) or hang until it
-# is killed ("hang") at the N-th time it reaches POINT -- for step, at the end of optimizer step N (after that step's
-# checkpoint).  Points: step, checkpoint-write (inside a checkpoint write: the state saved into the temporary
-# folder, not yet renamed into place), final-write (the final model folder staged, nothing published), final-publish
-# (after each file of the final folder is moved into place).  tests/test_faults.py uses it to interrupt a run at
-# exact moments; unset (always, outside the tests) it costs one dictionary lookup.
-FAULT_ENV = "GPT_SCRATCH_FAULT"
-_fault_counts: dict[str, int] = {}
-
-
-def fault_point(name: str, index: int | None = None) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    point, _, rest = spec.partition(":")
-    if point != name:
-        return
-    at, _, action = rest.partition(":")
-    if index is None:
-        index = _fault_counts[name] = _fault_counts.get(name, 0) + 1
-    if str(index) != at:
-        return
-    import signal
-    import sys
-
-    print(f"{FAULT_ENV}: {action or 'kill'} at {name} {index}", file=sys.stderr, flush=True)
-    if action == "hang":
-        while True:
-            time.sleep(60)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _checkpoints(folder: Path) -> list[Path]:
-    found = [p for p in folder.glob("step-*") if p.is_dir() and re.fullmatch(r"step-\d+", p.name)]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = _checkpoints(Path(out_dir) / "checkpoints")
-    return found[-1] if found else None
-
-
 def _params_digest(model) -> str:
     digest = hashlib.sha256()
     for name, param in sorted(model.state_dict().items()):
@@ -335,8 +256,20 @@ def _available_trackers(names: list[str]) -> list[str]:
     return [n for n in wanted if importlib.util.find_spec(modules[n]) is not None]
 
 
+def perplexity(loss: float) -> float:
+    """``exp(loss)``, capped at ``exp(50)`` so that an untrained model's loss does not overflow."""
+    return math.exp(min(loss, 50.0))
+
+
 class Trainer:
-    """Runs :class:`TrainConfig` over a model and datasets; see the module docstring for the step."""
+    """Runs :class:`TrainConfig` over a model and datasets; see the module docstring for the step.
+
+    ``on_eval(trainer, record)``, the workflow's one evaluation hook, runs on every rank at each evaluation, after the
+    validation loss: it may add keys to ``record`` (which becomes a history entry) and may call
+    :meth:`evaluate` (every rank takes part); work for the main process alone (text samples, the log) checks
+    ``trainer.is_main``.  ``trainer.workflow_state`` is the workflow's own JSON-able state (its text samples): it is
+    saved with each checkpoint and restored on resume.
+    """
 
     def __init__(
         self,
@@ -349,7 +282,6 @@ class Trainer:
         collate_fn: Callable,
         loss_fn: Callable,
         tokens_per_example: int | None = None,
-        extra_eval: Callable | None = None,
         on_eval: Callable | None = None,
         accelerator=None,
         run_name: str = "gpt-scratch",
@@ -358,19 +290,20 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.train_data, self.val_data = train_data, val_data
-        self.collate_fn, self.loss_fn = collate_fn, loss_fn
-        self.extra_eval, self.on_eval = extra_eval, on_eval
+        self.collate_fn, self.loss_fn, self.on_eval = collate_fn, loss_fn, on_eval
         self.accelerator = accelerator or make_accelerator(cfg, self.out_dir)
         self.run_name = run_name
         acc = self.accelerator
         self.is_main = acc.is_main_process
         self.log = log_fn or (lambda msg: acc.print(msg))
 
+        # ---- the loop's arithmetic: every workflow reads these numbers, none computes its own -------------------
         world = acc.num_processes
-        if len(train_data) < cfg.batch_size * world:
+        self.micro_batches_per_epoch = len(train_data) // (cfg.batch_size * world)  # BatchPlan drops a partial one
+        if self.micro_batches_per_epoch < 1:
             raise UserError(
-                f"the training set has {len(train_data)} examples, fewer than one batch "
-                f"({cfg.batch_size} per device x {world} devices): lower --batch-size or add data"
+                f"the training split has {len(train_data)} examples, fewer than one batch "
+                f"({cfg.batch_size} per device x {world} devices): lower --batch-size or give more data"
             )
         self.accum = cfg.gradient_accumulation_steps
         if cfg.global_batch_tokens > 0:
@@ -379,9 +312,17 @@ class Trainer:
             per_micro = cfg.batch_size * world * tokens_per_example
             self.accum = max(1, round(cfg.global_batch_tokens / per_micro))
         self.global_batch = cfg.batch_size * world * self.accum
-        per_epoch = len(train_data) // (cfg.batch_size * world)
-        self.total_steps = max(1, math.ceil(cfg.epochs * per_epoch / self.accum)) if cfg.epochs > 0 else cfg.max_steps
-        self.steps_per_epoch = per_epoch / self.accum
+        # optimizer steps in one pass over the training set (a fraction when the accumulation does not divide it)
+        self.steps_per_epoch = self.micro_batches_per_epoch / self.accum
+        if cfg.epochs > 0:
+            self.total_steps = max(1, math.ceil(cfg.epochs * self.micro_batches_per_epoch / self.accum))
+        else:
+            self.total_steps = cfg.max_steps
+        # evaluate every this many steps (0: only at the end); always at step 0 and at the last step as well
+        if cfg.evals_per_epoch > 0:
+            self.eval_every = max(1, round(self.steps_per_epoch / cfg.evals_per_epoch))
+        else:
+            self.eval_every = cfg.eval_every
 
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -402,13 +343,13 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.history: list[dict] = []
-        self.notes: dict = {}  # the workflow's own JSON state (its text samples): saved with checkpoints, restored
+        self.workflow_state: dict = {}
         self.elapsed_before = 0.0
 
     # ---- data -------------------------------------------------------------------------------------------------
     def _loader(self, start_micro_batch: int):
         acc = self.accelerator
-        plan = BatchPlan(
+        batch_order = BatchPlan(
             len(self.train_data),
             self.cfg.batch_size,
             self.cfg.seed,
@@ -418,7 +359,7 @@ class Trainer:
         )
         return torch.utils.data.DataLoader(
             self.train_data,
-            batch_sampler=plan,
+            batch_sampler=batch_order,
             collate_fn=self.collate_fn,
             num_workers=self.cfg.num_workers,
             pin_memory=acc.device.type == "cuda",
@@ -428,147 +369,71 @@ class Trainer:
         )
 
     def _to_device(self, batch: dict) -> dict:
+        if not isinstance(batch, dict):
+            raise TypeError(f"collate_fn must make dict batches (what loss_fn reads), not {type(batch).__name__}")
         return {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}
 
     # ---- evaluation -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, dataset, max_batches: int = 0) -> dict:
-        """Mean loss over a split (weighted by tokens or examples), identical on every rank."""
+    def evaluate(self, dataset, metric_fn: Callable | None = None, *, indices=None, max_batches: int = 0) -> float:
+        """The mean of ``metric_fn(model, batch) -> (mean, count)`` (default: the training ``loss_fn``) over
+        ``dataset``, or over its items ``indices``, each batch's mean weighted by its count.
+
+        The items are split over the ranks and the sums reduced, so every rank must call it and gets the same
+        number; NaN when nothing was counted.  Batches of ``batch_size``, in order (at most ``max_batches`` per
+        rank, 0: all), under autocast, with the model in eval mode meanwhile."""
         acc = self.accelerator
+        metric_fn = metric_fn or self.loss_fn
         model = self.model
         was_training = model.training
         model.eval()
-        world, rank = acc.num_processes, acc.process_index
-        indices = list(range(len(dataset)))[rank::world]
-        batches = [indices[i : i + self.cfg.batch_size] for i in range(0, len(indices), self.cfg.batch_size)]
+        world, rank, size = acc.num_processes, acc.process_index, self.cfg.batch_size
+        mine = list(range(len(dataset)) if indices is None else indices)[rank::world]
+        batches = [mine[i : i + size] for i in range(0, len(mine), size)]
         if max_batches:
             batches = batches[:max_batches]
         total = torch.zeros(2, dtype=torch.float64, device=acc.device)
         for batch_indices in batches:
             batch = self._to_device(self.collate_fn([dataset[i] for i in batch_indices]))
             with acc.autocast():
-                loss, count = self.loss_fn(model, batch)
-            total[0] += loss.double() * count
+                value, count = metric_fn(model, batch)
+            total[0] += value.double() * count
             total[1] += count
         total = acc.reduce(total, reduction="sum") if world > 1 else total
         if was_training:
             model.train()
-        mean = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
-        return {"loss": mean, "perplexity": math.exp(min(mean, 50.0))}
+        return (total[0] / total[1]).item() if total[1] > 0 else float("nan")
 
-    # ---- checkpoints ------------------------------------------------------------------------------------------
+    # ---- checkpoints (pipelines.train_checkpoints) ------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        acc = self.accelerator
-        folder = self.out_dir / "checkpoints"
-        final = folder / f"step-{self.step}"
-        tmp = folder / f".tmp-step-{self.step}"
-        if self.is_main:
-            # temporary folders of interrupted writes (this step's or an earlier one's) go: this run holds --out
-            for stale in folder.glob(".tmp-step-*") if folder.is_dir() else []:
-                shutil.rmtree(stale, ignore_errors=True)
-            folder.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp), safe_serialization=True)
-        if self.is_main:
-            fault_point("checkpoint-write")
-            atomic_write_json(tmp / "trainer_state.json", self._state())
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            keep = max(1, self.cfg.keep_checkpoints)  # never the one just written
-            for old in _checkpoints(folder)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
-            from .runfolder import checkpoint_written
-
-            checkpoint_written(self.out_dir)  # an --overwrite's old run is no longer needed
-        acc.wait_for_everyone()
-        return final
+        return save_checkpoint(self.accelerator, self.out_dir, self._state(), self.cfg.keep_checkpoints)
 
     def _state(self) -> dict:
         return {
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "history": self.history,
-            "notes": self.notes,
+            "workflow_state": self.workflow_state,
             "elapsed_s": self.elapsed_before + (time.time() - self._t0),
             "total_steps": self.total_steps,
             "global_batch": self.global_batch,
         }
 
     def load_checkpoint(self, path: Path) -> None:
-        path = Path(path)
-        state_file = path / "trainer_state.json"
-        if not state_file.is_file():
-            raise UserError(f"checkpoint '{path}' is incomplete (no trainer_state.json): remove it and resume again")
-        damaged = (
-            "remove that folder to resume from the checkpoint before it (if any), or start over with --overwrite"
-        )
-        try:
-            state = json.loads(state_file.read_text(encoding="utf-8"))
-            if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-                raise ValueError("no step number")
-        except (OSError, ValueError) as exc:
-            raise UserError(f"checkpoint '{path}': trainer_state.json is damaged ({exc}): {damaged}") from None
-        rng = self._read_rng_state(path, damaged)
-        try:
-            self.accelerator.load_state(str(path))
-        except Exception as exc:  # a damaged weights, optimizer or sampler file: one line, not a traceback
-            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise UserError(f"checkpoint '{path}' cannot be loaded ({type(exc).__name__}: {text}): {damaged}") from None
-        if not torch.equal(torch.get_rng_state(), rng["torch_manual_seed"]):
-            raise UserError(
-                f"checkpoint '{path}': the random state in {self._rng_file(path).name} was not restored, so the "
-                f"resumed run would not be exact: {damaged}"
-            )
-        if state.get("global_batch") not in (None, self.global_batch):
-            raise UserError(
-                f"checkpoint '{path}' was trained with a global batch of {state['global_batch']} examples, this run "
-                f"has {self.global_batch}: resume with the same batch size, accumulation and number of devices"
-            )
+        state = load_checkpoint(self.accelerator, path, self.global_batch)
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.history = state["history"]
-        self.notes = state.get("notes", {})
+        self.workflow_state = state.get("workflow_state", state.get("notes", {}))  # "notes": older checkpoints
         self.elapsed_before = state.get("elapsed_s", 0.0)
-
-    def _rng_file(self, path: Path) -> Path:
-        return Path(path) / f"random_states_{self.accelerator.process_index}.pkl"
-
-    def _read_rng_state(self, path: Path, damaged: str) -> dict:
-        """The random state a checkpoint saved for this rank, checked: Accelerate skips an unreadable one silently,
-        and the resumed run would then draw different dropout masks than the uninterrupted run."""
-        from accelerate.utils import load
-
-        file = self._rng_file(path)
-        if not file.is_file():
-            raise UserError(
-                f"checkpoint '{path}' has no {file.name} (the random state of rank {self.accelerator.process_index}), "
-                f"so the resumed run would not be exact: {damaged}"
-            )
-        try:
-            states = load(str(file))  # as Accelerate reads it: weights_only, never running code from the file
-            torch_state = states["torch_manual_seed"]
-            if not isinstance(torch_state, torch.Tensor) or torch_state.dtype != torch.uint8:
-                raise TypeError("torch_manual_seed is not a byte tensor")
-            import random
-
-            random.Random().setstate(states["random_state"])  # checks the Python state's shape without using it
-        except Exception as exc:  # anything unpickling a tampered file raises
-            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise UserError(
-                f"checkpoint '{path}': {file.name} (the saved random state) is damaged ({type(exc).__name__}: {text}), "
-                f"so the resumed run would not be exact: {damaged}"
-            ) from None
-        return states
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def _eval_point(self, train_loss: float | None) -> dict:
         record = {"step": self.step, "tokens": self.tokens_seen, "train_loss": train_loss}
         if self.val_data is not None and len(self.val_data):
-            val = self.evaluate(self.val_data, self.cfg.eval_batches)
-            record.update(val_loss=val["loss"], val_perplexity=val["perplexity"])
-        if self.extra_eval is not None:
-            record.update(self.extra_eval(self))
-        if self.on_eval is not None and self.is_main:
+            loss = self.evaluate(self.val_data, max_batches=self.cfg.eval_batches)
+            record.update(val_loss=loss, val_perplexity=perplexity(loss))
+        if self.on_eval is not None:
             self.on_eval(self, record)
         return record
 
@@ -608,6 +473,7 @@ class Trainer:
                     loss, count = self.loss_fn(model, batch)
                     acc.backward(loss / self.accum)
                 step_loss += loss.detach() / self.accum
+                # throughput counts the tokens the model reads (see the module docstring)
                 step_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else count
             if acc.num_processes > 1:
                 step_loss = acc.reduce(step_loss, reduction="mean")
@@ -644,14 +510,14 @@ class Trainer:
                     "tokens_per_s": tok_s,
                     "mfu": mfu,
                 }
-                bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{tok_s:,.0f}", mfu=_fmt_mfu(mfu))
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{tok_s:,.0f}", mfu=format_mfu(mfu))
                 if acc.log_with:
                     acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
                 self.history.append(record)
                 window_tokens, window_start, window_loss, window_steps = 0, time.time(), 0.0, 0
 
             at_end = self.step == self.total_steps
-            if (cfg.eval_every and self.step % cfg.eval_every == 0) or at_end:
+            if (self.eval_every and self.step % self.eval_every == 0) or at_end:
                 point = self._eval_point(self.history[-1].get("train_loss") if self.history else None)
                 point["eval"] = True
                 self.history.append(point)
@@ -713,6 +579,3 @@ class Trainer:
                 {k: v for k, v in point.items() if k.startswith("val") and isinstance(v, (int, float))}, step=point["step"]
             )
 
-
-def _fmt_mfu(mfu) -> str:
-    return "n/a" if mfu is None else f"{100 * mfu:.1f}%"

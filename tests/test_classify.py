@@ -413,7 +413,8 @@ def test_sms_spam_collection_reads_balances_and_splits(shared_data):
     from collections import Counter
 
     from pipelines import data
-    from pipelines.classify import ClassifyConfig, build_splits, check_labels
+    from pipelines.classify import ClassifyConfig
+    from pipelines.classify_data import build_splits, check_labels
 
     path = shared_data / "SMSSpamCollection.tsv"
     if not path.is_file():

@@ -253,7 +253,9 @@ def test_bad_setting_in_the_config_file_names_the_file(corpus, tmp_path, capsys)
     ("finetune-classifier", ["--test-fraction", "2"], ["--test-fraction 2", "from 0 to 1"]),
     ("finetune-classifier", ["--epochs", "2", "--max-steps", "3"], ["--epochs 2 and --max-steps 3 conflict"]),
     ("finetune-instruct", ["--batch-size", "0"], ["--batch-size 0", "at least 1"]),
-    ("finetune-instruct", ["--eval-every", "-2"], ["--eval-every -2", "at least -1"]),
+    ("finetune-instruct", ["--eval-every", "-2"], ["--eval-every -2", "at least 0"]),
+    ("finetune-classifier", ["--evals-per-epoch", "2", "--eval-every", "3"],
+     ["--evals-per-epoch 2 and --eval-every 3 conflict"]),
     ("finetune-instruct", ["--epochs", "2", "--max-steps", "3"], ["--epochs 2 and --max-steps 3 conflict"]),
 ])
 def test_finetunes_check_settings_before_anything(workflow, flags, phrases, folders, instructions, tmp_path, capsys):
@@ -302,10 +304,31 @@ def test_explicit_max_steps_beats_default_epochs(workflow, tmp_path):
         _resolve(workflow, ["--config", str(yaml_file), *base])
 
 
-def test_finetune_instruct_max_steps_runs_exactly_those_steps(folders, instructions, tmp_path, capsys, one_thread):
-    out = tmp_path / "instruct"
-    rc = main(["finetune-instruct", "--model", str(folders["lm"]), "--data", str(instructions), "--out", str(out),
-               "--max-steps", "3", "--batch-size", "2", "--sample-count", "0", "--mixed-precision", "no"])
+@pytest.mark.parametrize("workflow", ["pretrain", "finetune-classifier", "finetune-instruct"])
+def test_explicit_eval_every_beats_the_default_cadence(workflow, tmp_path):
+    """Evaluations: --eval-every N steps or --evals-per-epoch K, alternatives as --max-steps and --epochs are."""
+    base = ["--out", str(tmp_path / "o"), "--model", "m", "--data", "d"] if workflow != "pretrain" else []
+    default = _resolve(workflow, base)
+    assert default.evals_per_epoch == {"pretrain": 0, "finetune-classifier": 1, "finetune-instruct": 4}[workflow]
+    cfg = _resolve(workflow, [*base, "--eval-every", "7"])
+    assert (cfg.eval_every, cfg.evals_per_epoch) == (7, 0)
+    cfg = _resolve(workflow, [*base, "--evals-per-epoch", "2"])
+    assert cfg.evals_per_epoch == 2
+    from pipelines.errors import UserError
+
+    with pytest.raises(UserError, match="--evals-per-epoch 2 and --eval-every 7 conflict"):
+        _resolve(workflow, [*base, "--evals-per-epoch", "2", "--eval-every", "7"])
+
+
+@pytest.mark.parametrize("workflow", ["finetune-classifier", "finetune-instruct"])
+def test_finetune_max_steps_runs_exactly_those_steps(workflow, folders, instructions, labelled, tmp_path, capsys,
+                                                     one_thread):
+    """Both fine-tunes have a default --epochs; an explicit --max-steps decides the length all the same."""
+    out = tmp_path / "run"
+    data = instructions if workflow == "finetune-instruct" else labelled
+    extra = ["--sample-count", "0"] if workflow == "finetune-instruct" else []
+    rc = main([workflow, "--model", str(folders["lm"]), "--data", str(data), "--out", str(out),
+               "--max-steps", "3", "--batch-size", "2", "--mixed-precision", "no", *extra])
     assert rc == 0, capsys.readouterr().err
     final = json.loads((out / "metrics.json").read_text())["final"]
     assert final["step"] == 3

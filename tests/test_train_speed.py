@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM, GPTScratchForSequenceClassification
-from pipelines import train_loop
+from pipelines import throughput
 from pipelines.cli import main
 from tests.test_pretrain import tiny_flags, write_corpus
 
@@ -35,7 +35,7 @@ def test_flops_per_token_counts_the_head_once_and_no_lookup_table(tied):
     cfg = small_config(tie_word_embeddings=tied, qkv_bias=not tied)
     model = GPTScratchForCausalLM(cfg)
     expected = 6 * multiplying_params(cfg, head=True) + 12 * cfg.num_hidden_layers * cfg.hidden_size * 64
-    assert train_loop.flops_per_token(model, 64) == expected
+    assert throughput.flops_per_token(model, 64) == expected
 
 
 def test_flops_per_token_of_a_classifier_has_no_vocabulary_product():
@@ -43,13 +43,13 @@ def test_flops_per_token_of_a_classifier_has_no_vocabulary_product():
     model = GPTScratchForSequenceClassification(cfg)
     score = cfg.hidden_size * 2 + 2
     expected = 6 * (multiplying_params(cfg, head=False) + score) + 12 * cfg.num_hidden_layers * cfg.hidden_size * 16
-    assert train_loop.flops_per_token(model, 16) == expected
+    assert throughput.flops_per_token(model, 16) == expected
 
 
 def test_peak_flops_names_match_cuda_device_names():
     # torch.cuda.get_device_name spells the H100 SXM board "NVIDIA H100 80GB HBM3"
     def peak(name):
-        return next(v for k, v in train_loop.PEAK_BF16_FLOPS.items() if k in name)
+        return next(v for k, v in throughput.PEAK_BF16_FLOPS.items() if k in name)
 
     assert peak("NVIDIA H100 80GB HBM3") == 989e12
     assert peak("NVIDIA H100 PCIe") == 756e12

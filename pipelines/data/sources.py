@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import UserError, describe_type
-from ..folders import first_line, json_error, offline_flag
+from ..folders import HUB_ID, first_line, json_error, looks_like_hub_id, offline_flag
 
 TEXT_SUFFIXES = (".txt", ".md")
 RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
@@ -34,9 +34,6 @@ LOCAL_HINT = "--data PATH (a .txt/.md file or a folder of them, .jsonl/.json, .c
 # Sources
 # ==================================================================================================================
 
-_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<config>[\w.-]+))?$")
-# A last path part ending in one of these is a file name, never a Hub dataset name.
-_FILE_SUFFIXES = DOCUMENT_SUFFIXES + (".gz", ".bz2", ".xz", ".zst", ".zip", ".tar", ".arrow", ".npy", ".bin", ".yaml")
 
 
 def resolve_source(spec: str) -> tuple[str, Path | str]:
@@ -54,8 +51,7 @@ def resolve_source(spec: str) -> tuple[str, Path | str]:
     path = Path(spec).expanduser()
     if path.exists():
         return "local", path
-    match = _HUB_ID.match(spec)
-    if match and not match["repo"].lower().endswith(_FILE_SUFFIXES):
+    if looks_like_hub_id(spec, config=True):
         return "hub", spec
     raise UserError(
         f"data path '{spec}' does not exist; give an existing file or folder, or a Hugging Face Hub dataset id "
@@ -77,7 +73,7 @@ def _open_hub(hub_id: str):
         raise _needs_network(hub_id, f"{flag} is set")
     import datasets
 
-    match = _HUB_ID.match(hub_id)
+    match = HUB_ID.match(hub_id)
     try:
         return datasets.load_dataset(match["repo"], match["config"], split="train", streaming=True)
     except ConnectionError as exc:

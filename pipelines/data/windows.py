@@ -143,11 +143,11 @@ def split_tokens(
     if n_blocks - sum(counts.values()) < 1:
         raise _too_short(n_tokens, len(names) * block, f"the corpus (split into {'/'.join(names)})")
     order = np.random.default_rng(seed).permutation(n_blocks)
-    assigned, at = {}, 0
+    assigned, first_block = {}, 0
     for name, count in counts.items():
-        assigned[name] = order[at : at + count]
-        at += count
-    assigned["train"] = order[at:]
+        assigned[name] = order[first_block : first_block + count]
+        first_block += count
+    assigned["train"] = order[first_block:]
     splits = {}
     for name in names:
         ids = sorted(int(b) for b in assigned[name])
