@@ -123,65 +123,26 @@ def our_config(size: str, **overrides):
 
 
 def peer_config(ours, activation: str = "gelu_new"):
-    """The ``transformers.GPT2Config`` of the same architecture.
+    """The ``transformers.GPT2Config`` of the same architecture (``gpt-scratch convert --to hf-gpt2``'s), dropouts off.
 
     ``activation="gelu_new"`` is what OpenAI's GPT-2 checkpoints ship with (the tanh approximation written out in
     Python); ``"gelu_pytorch_tanh"`` is the same function through PyTorch's fused kernel.
     """
-    from transformers import GPT2Config
+    from pipelines.export import CAUSAL_LM, gpt2_config_from_ours
 
-    return GPT2Config(
-        vocab_size=ours.vocab_size,
-        n_positions=ours.max_position_embeddings,
-        n_embd=ours.hidden_size,
-        n_layer=ours.num_hidden_layers,
-        n_head=ours.num_attention_heads,
-        n_inner=ours.intermediate_size,
-        activation_function=activation,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        layer_norm_epsilon=ours.layer_norm_epsilon,
-        tie_word_embeddings=ours.tie_word_embeddings,
-        bos_token_id=ours.bos_token_id,
-        eos_token_id=ours.eos_token_id,
-        pad_token_id=ours.pad_token_id,
-    )
+    config = gpt2_config_from_ours(ours, CAUSAL_LM, ours.pad_token_id)
+    config.update({"activation_function": activation, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})
+    return config
 
 
-def ours_to_peer_state_dict(state: dict, num_layers: int) -> dict:
-    """Our parameter names and layout -> ``GPT2LMHeadModel``'s (its Conv1D weights are stored (in, out))."""
-    names = {
-        "norm1.weight": "ln_1.weight",
-        "norm1.bias": "ln_1.bias",
-        "att.qkv_proj.weight": "attn.c_attn.weight",
-        "att.qkv_proj.bias": "attn.c_attn.bias",
-        "att.out_proj.weight": "attn.c_proj.weight",
-        "att.out_proj.bias": "attn.c_proj.bias",
-        "norm2.weight": "ln_2.weight",
-        "norm2.bias": "ln_2.bias",
-        "ff.fc_in.weight": "mlp.c_fc.weight",
-        "ff.fc_in.bias": "mlp.c_fc.bias",
-        "ff.fc_out.weight": "mlp.c_proj.weight",
-        "ff.fc_out.bias": "mlp.c_proj.bias",
-    }
-    out = {
-        "transformer.wte.weight": state["transformer.tok_emb.weight"],
-        "transformer.wpe.weight": state["transformer.pos_emb.weight"],
-        "transformer.ln_f.weight": state["transformer.final_norm.weight"],
-        "transformer.ln_f.bias": state["transformer.final_norm.bias"],
-        "lm_head.weight": state["lm_head.weight"],
-    }
-    for i in range(num_layers):
-        for ours, theirs in names.items():
-            key = f"transformer.blocks.{i}.{ours}"
-            if key not in state and ours == "att.qkv_proj.bias":  # no QKV bias: GPT-2's Conv1D has one, zero it
-                state[key] = torch.zeros(state[f"transformer.blocks.{i}.att.qkv_proj.weight"].shape[0])
-            tensor = state[key]
-            if theirs.endswith("weight") and tensor.dim() == 2:
-                tensor = tensor.t()
-            out[f"transformer.h.{i}.{theirs}"] = tensor.contiguous()
-    return out
+def ours_to_peer_state_dict(state: dict, config) -> dict:
+    """Our parameters in ``GPT2LMHeadModel``'s names and layout (the export's mapping), the head included."""
+    from pipelines.export import map_to_hf_gpt2_state_dict
+
+    mapped, unknown = map_to_hf_gpt2_state_dict(state, config)
+    assert not unknown, unknown
+    mapped["lm_head.weight"] = state["lm_head.weight"]
+    return mapped
 
 
 def model_pair(size: str = "small", seed: int = 0, activation: str = "gelu_new", check: bool = True):
@@ -195,7 +156,7 @@ def model_pair(size: str = "small", seed: int = 0, activation: str = "gelu_new",
     ours = GPTScratchForCausalLM(our_config(size)).eval()
     peer = GPT2LMHeadModel(peer_config(ours.config, activation)).eval()
     missing, unexpected = peer.load_state_dict(
-        ours_to_peer_state_dict(ours.state_dict(), ours.config.num_hidden_layers), strict=False
+        ours_to_peer_state_dict(ours.state_dict(), ours.config), strict=False
     )
     missing = [k for k in missing if not k.endswith(".attn.bias") and not k.endswith("masked_bias")]
     if missing or unexpected:

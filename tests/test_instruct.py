@@ -55,20 +55,10 @@ def data_file(tmp_path_factory, records):
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory, records):
     """A randomly initialised tiny causal LM with a byte-level BPE tokenizer trained on the records."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
+    from pipelines.tokenization import train_bpe_tokenizer
 
-    eot = "<|endoftext|>"
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=[eot], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    backend.train_from_iterator([format_alpaca(r, with_response=True) for r in records], trainer=trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eot, bos_token=eot, pad_token=eot, unk_token=eot)
+    tok = train_bpe_tokenizer([format_alpaca(r, with_response=True) for r in records], vocab_size=400)
 
     torch.manual_seed(0)
     config = GPTScratchConfig(

@@ -66,26 +66,12 @@ def _cli(*args, stdin=None, timeout=240):
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
+    from pipelines.tokenization import train_bpe_tokenizer
 
     eos = "<|endoftext|>"
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=[eos],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     sentences = [TRANSCRIPT, format_alpaca(RECORD_WITH_INPUT, with_response=True), "The quick brown fox jumps."] * 4
-    bpe.train_from_iterator(sentences, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token=eos, bos_token=eos, pad_token=eos, clean_up_tokenization_spaces=False
-    )
+    tokenizer = train_bpe_tokenizer(sentences, vocab_size=400)
     eos_id = tokenizer.convert_tokens_to_ids(eos)
     config = GPTScratchConfig(
         vocab_size=len(tokenizer),
