@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from .folders import looks_like_hub_id
+from .run_record import is_number
 
 _TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{16,}")
 _SECRET_KEY_RE = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|access_?key|auth|credentials?)$", re.I)
@@ -32,10 +33,6 @@ def redact_config(value, key: str = ""):
     if isinstance(value, list):
         return [redact_config(v) for v in value]
     return value
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def fmt(value) -> str:

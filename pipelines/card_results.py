@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import math
 
-from .card_format import data_name, fmt, is_number, looks_like_hub_id
+from .card_format import data_name, fmt
+from .folders import looks_like_hub_id
+from .run_record import is_number
 
 # metrics.json "final" key -> (model-index metric type, human name, dataset split).  Order = order in the card.
 FINAL_METRICS = {

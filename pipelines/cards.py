@@ -24,8 +24,6 @@ from .card_format import (
     duration,
     fenced,
     fmt,
-    is_number,
-    looks_like_hub_id,
     md_table,
     redact,
     redact_config,
@@ -33,9 +31,10 @@ from .card_format import (
     tidy,
 )
 from .card_results import benchmarks, eval_results, result_rows
+from .folders import looks_like_hub_id
 from .fsutil import atomic_write_text
 from .prompts import format_alpaca  # the instruct workflow's prompt format (one place for it)
-from .run_record import RunRecord
+from .run_record import RunRecord, is_number
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "model_cards"
 TEMPLATES = {"base": "base.md", "classifier": "classifier.md", "instruct": "instruct.md", "adapter": "adapter.md"}
@@ -523,6 +522,4 @@ __all__ = [
     "usage_snippet",
     "count_parameters",
     "folder_kind",
-    "looks_like_hub_id",
-    "redact",
 ]

@@ -71,7 +71,7 @@ def _head_fusable(model, input_ids) -> bool:
     if getattr(model.forward, "__func__", None) is not type(model).forward:  # e.g. Accelerate's autocast wrapper
         return False
     head = model.get_output_embeddings()
-    return (isinstance(head, torch.nn.Linear) and type(head) is torch.nn.Linear and head.bias is None
+    return (type(head) is torch.nn.Linear and head.bias is None
             and head.weight.dtype == torch.float32 and head.weight.device.type == "cpu"
             and not torch.is_autocast_enabled("cpu"))
 
@@ -139,7 +139,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 class LinearCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of the logits ``hidden @ weight.T`` (tokens x vocabulary) against targets, with the
     head's matrix product, the log-softmax and both gradients done a chunk of rows at a time, so the logits of a
-    chunk (about 4 MB) stay in cache and the full (tokens x vocabulary) logits are never written -- the idea of
+    chunk (about 8 MB, see CHUNK_BYTES) stay in cache and the full (tokens x vocabulary) logits are never written -- the idea of
     Liger Kernel's fused linear cross-entropy (Hsu et al., 2024, arXiv:2410.10989), here in plain PyTorch for CPU.
 
     The gradients are computed in the forward (``softmax - one_hot`` of each chunk, times the chunk's hidden states
@@ -178,17 +178,15 @@ class LinearCrossEntropy(torch.autograd.Function):
                 torch.mm(scores, weight, out=grad_hidden[rows])
             if grad_weight is not None:
                 grad_weight.addmm_(scores.t(), chunk)
-        ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight) if g is not None))
-        ctx.has = (grad_hidden is not None, grad_weight is not None)
+        ctx.save_for_backward(grad_hidden, grad_weight)  # None where no gradient is needed
         return total.to(hidden.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        saved = iter(ctx.saved_tensors)
-        grad_hidden = next(saved) * grad if ctx.has[0] else None
-        grad_weight = next(saved) * grad if ctx.has[1] else None
-        return grad_hidden, grad_weight, None, None, None
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (None if grad_hidden is None else grad_hidden * grad, None if grad_weight is None else grad_weight * grad,
+                None, None, None)
 
 
 __all__ = ["IGNORE_INDEX", "token_cross_entropy", "lm_loss", "linear_cross_entropy", "classification_loss",

@@ -27,7 +27,7 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -41,7 +41,7 @@ _FACT_IS_VALID = {
     "labels": _is_label_list,
     "trainable": lambda v: isinstance(v, str) and bool(v),
     "trainable_parameters": _is_count,
-    "trainable_percent": _is_number,
+    "trainable_percent": is_number,
     "corpus_tokens": _is_count,
     "lora_merged": lambda v: isinstance(v, bool),
 }
