@@ -10,6 +10,11 @@ no evaluation or checkpoints in between.  Reported for each side, from the same 
 * **steady tokens/s**: median over the logging windows after the first (what each tool shows while it trains);
 * **wall time** of the whole command (start-up, data preparation, training, saving).
 
+Precision: each round runs both sides in bf16 mixed precision (``--mixed-precision bf16``;
+``TrainingArguments(bf16=True)``, autocast on the CPU), then both in float32 (``--mixed-precision no``; the
+Trainer's default).  Three comparisons come out: the defaults (ours ``auto``, which is bf16 on a CPU with
+AVX512-BF16 or AMX and fp32 elsewhere, against the Trainer's fp32), both bf16, and both fp32.
+
 Shapes: ``demo`` is ``make demo``'s (``configs/tiny-cpu.yaml``: 4 layers, 128 wide, context 128, vocabulary 4096,
 batch 16, on CPython's own documentation text); ``gpt2-small`` is OpenAI's 124M shape (12 layers, 768 wide, context
 1024, vocabulary 50257) on a synthetic corpus with a 50257-entry tokenizer, a few steps.
@@ -32,6 +37,8 @@ from pathlib import Path
 
 import common
 from common import REPO, median, print_header, report
+
+from pipelines import precision
 
 SHAPES = {
     "demo": dict(steps=150, batch=16, seq=128, lr=0.002, warmup=30, log_every=10),
@@ -92,12 +99,12 @@ def prepare(shape: str, work: Path) -> dict:
 OURS_EXTRA: list[str] = []  # --ours-args: extra flags for our side (e.g. --compile)
 
 
-def run_ours(shape: str, setup: dict, out: Path) -> dict:
+def run_ours(shape: str, setup: dict, out: Path, precision: str) -> dict:
     s = SHAPES[shape]
     args = [*CLI, "pretrain", "--out", str(out), "--overwrite", "--max-steps", str(s["steps"]), "--batch-size",
             str(s["batch"]), "--learning-rate", str(s["lr"]), "--warmup-steps", str(s["warmup"]), "--eval-every", "0",
             "--checkpoint-every", "0", "--log-every", str(s["log_every"]), "--eval-batches", "1",
-            "--sample-tokens", "1", *setup["args"], *OURS_EXTRA]
+            "--sample-tokens", "1", "--mixed-precision", precision, *setup["args"], *OURS_EXTRA]
     start = time.perf_counter()
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -121,11 +128,19 @@ def peer_main(argv) -> None:
     p.add_argument("--data", default=None)
     p.add_argument("--result", required=True)
     p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--bf16", action="store_true", help="TrainingArguments(bf16=True): autocast on the CPU")
     args = p.parse_args(argv)
     s = {**SHAPES[args.shape], "steps": args.steps}
     start = time.perf_counter()
     import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (
+        AutoTokenizer,
+        GPT2Config,
+        GPT2LMHeadModel,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     if args.data:
@@ -162,7 +177,7 @@ def peer_main(argv) -> None:
         max_steps=s["steps"], learning_rate=s["lr"], weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95,
         warmup_steps=s["warmup"], lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
         max_grad_norm=1.0, logging_steps=s["log_every"], save_strategy="no", eval_strategy="no", report_to=[],
-        dataloader_num_workers=0, use_cpu=True, seed=1337, disable_tqdm=True,
+        dataloader_num_workers=0, use_cpu=True, seed=1337, disable_tqdm=True, bf16=args.bf16,
     )
     trainer = Trainer(model=model, args=training, train_dataset=dataset, callbacks=[Rate()])
     trainer.train()
@@ -170,10 +185,11 @@ def peer_main(argv) -> None:
     Path(args.result).write_text(json.dumps({"rates": rates, "inside_s": time.perf_counter() - start}))
 
 
-def run_peer(shape: str, setup: dict, tokenizer: str, work: Path) -> dict:
+def run_peer(shape: str, setup: dict, tokenizer: str, work: Path, precision: str) -> dict:
     result = work / "peer.json"
     args = [sys.executable, __file__, "--peer-child", "--shape", shape, "--tokenizer", tokenizer, "--result",
             str(result), "--steps", str(SHAPES[shape]["steps"])] + (["--data", setup["data"]] if setup["data"] else [])
+    args += ["--bf16"] if precision == "bf16" else []
     start = time.perf_counter()
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -187,7 +203,8 @@ def run_peer(shape: str, setup: dict, tokenizer: str, work: Path) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="demo", choices=list(SHAPES))
-    p.add_argument("--rounds", type=int, default=2, help="ours then peer, this many times (ABAB)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="each round runs ours and the peer in bf16 mixed precision, then both in fp32 (interleaved)")
     p.add_argument("--steps", type=int, default=0, help="override the shape's step count")
     p.add_argument("--ours-args", default="", help="extra flags for gpt-scratch pretrain, e.g. '--compile'")
     p.add_argument("--work", default=None, help="folder for runs and the synthetic corpus (default: a temp folder)")
@@ -200,18 +217,29 @@ def main(argv=None):
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
     work.mkdir(parents=True, exist_ok=True)
     setup = prepare(args.shape, work)
-    ours, peer = [], []
+    default = precision.resolve("auto", "cpu")  # what `gpt-scratch pretrain` picks here with no flag
+    runs = {f"{side}-{mp}": [] for side in ("ours", "peer") for mp in ("bf16", "no")}
     for round_ in range(args.rounds):
-        ours.append(run_ours(args.shape, setup, work / f"ours-{round_}"))
-        peer.append(run_peer(args.shape, setup, setup["tokenizer"] or ours[-1]["tokenizer"], work))
-        print(f"   round {round_ + 1}: ours {ours[-1]['tok_s']:,.0f} tok/s ({ours[-1]['wall_s']:.0f} s), "
-              f"peer {peer[-1]['tok_s']:,.0f} tok/s ({peer[-1]['wall_s']:.0f} s)", flush=True)
+        for mp in ("bf16", "no"):
+            runs[f"ours-{mp}"].append(run_ours(args.shape, setup, work / f"ours-{mp}-{round_}", mp))
+            tokenizer = setup["tokenizer"] or runs[f"ours-{mp}"][-1]["tokenizer"]
+            runs[f"peer-{mp}"].append(run_peer(args.shape, setup, tokenizer, work, mp))
+        print(f"   round {round_ + 1}: " + ", ".join(f"{name} {r[-1]['tok_s']:,.0f} tok/s ({r[-1]['wall_s']:.0f} s)"
+                                                    for name, r in runs.items()), flush=True)
     command = f"gpt-scratch pretrain ({args.shape}{' ' + args.ours_args if args.ours_args else ''})"
-    report(f"{command} steady tok/s", "transformers.Trainer + GPT2LMHeadModel",
-           median([r["tok_s"] for r in peer]), median([r["tok_s"] for r in ours]), "tok/s")
-    report(f"{command} wall time", "transformers.Trainer + GPT2LMHeadModel",
-           median([r["wall_s"] for r in peer]), median([r["wall_s"] for r in ours]), "s", higher_is_better=False)
-
+    peer_name = "transformers.Trainer + GPT2LMHeadModel"
+    rows = [  # (what is compared, ours, peer)
+        (f"defaults (ours: auto = {'bf16 mixed' if default == 'bf16' else 'fp32'}; Trainer: fp32)",
+         f"ours-{default}", "peer-no"),
+        ("both bf16 mixed precision (--mixed-precision bf16; TrainingArguments(bf16=True))", "ours-bf16", "peer-bf16"),
+        ("both fp32 (--mixed-precision no; the Trainer's default)", "ours-no", "peer-no"),
+    ]
+    for label, ours_key, peer_key in rows:
+        print(f"   -- {label}")
+        report(f"{command} steady tok/s", peer_name, median([r["tok_s"] for r in runs[peer_key]]),
+               median([r["tok_s"] for r in runs[ours_key]]), "tok/s")
+        report(f"{command} wall time", peer_name, median([r["wall_s"] for r in runs[peer_key]]),
+               median([r["wall_s"] for r in runs[ours_key]]), "s", higher_is_better=False)
 
 if __name__ == "__main__":
     common.run_main_or_peer_child(main, peer_main)

@@ -266,7 +266,7 @@ def _training_rows(record: RunRecord, metrics: dict, kind: str) -> list[list]:
         value = record.trainable if key == "trainable" else settings.get(key)
         if value is not None:
             rows.append([label, fmt(value)])
-    precision = settings.get("mixed_precision")
+    precision = final.get("mixed_precision") or settings.get("mixed_precision")  # what "auto" resolved to
     if precision:
         rows.append(["precision", "fp32" if str(precision) == "no" else f"{precision} mixed precision"])
     device = env.get("device")

@@ -4,7 +4,7 @@ What it does, in order, for each optimizer step:
 
 1. take ``gradient_accumulation_steps`` micro-batches from a deterministic batch plan (the order depends only on the
    seed and the step, so a resumed run sees exactly the batches an uninterrupted run would);
-2. forward under Accelerate's autocast, backward, with DDP gradient sync only on the last micro-batch;
+2. forward under autocast (``pipelines.precision``), backward, with DDP gradient sync only on the last micro-batch;
 3. stop with a clear message on a NaN/inf loss, before the optimizer touches the weights;
 4. clip the global gradient norm, set the learning rate (linear warmup, then cosine decay or constant), AdamW step;
 5. every ``log_every`` steps: loss, tokens/s and MFU to the progress bar, the trackers and the history;
@@ -40,6 +40,7 @@ from typing import Callable
 
 import torch
 
+from . import precision
 from .errors import UserError
 from .fsutil import atomic_path
 from .throughput import device_peak_flops, flops_per_token, format_mfu
@@ -80,7 +81,9 @@ class TrainConfig:
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2", "min": 0, "below": 1})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm; 0 = off", "min": 0})
     mixed_precision: str = field(
-        default="auto", metadata={"choices": ["auto", "no", "bf16", "fp16"], "help": "auto: bf16 on a GPU that has it"}
+        default="auto",
+        metadata={"choices": list(precision.CHOICES),
+                  "help": "auto: bf16 where the hardware has it (a CUDA GPU, a CPU with AVX512-BF16 or AMX), else fp32"},
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (falls back if it fails)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
@@ -224,24 +227,21 @@ def plot_history(history: list[dict], path: Path, title: str, keys=("train_loss"
 
 
 def make_accelerator(cfg: TrainConfig, out_dir: Path):
-    """An Accelerator with the run's precision and trackers; TF32 matmuls on CUDA."""
+    """An Accelerator with the run's precision (``pipelines.precision``) and trackers; TF32 matmuls on CUDA."""
     from accelerate import Accelerator
-    from accelerate.utils import is_bf16_available
 
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and is_bf16_available() else "no"
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("mixed_precision fp16 needs a CUDA GPU: use --mixed-precision no (or bf16) on this machine")
+    device_type = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    resolved = precision.resolve(cfg.mixed_precision, device_type)
     if torch.cuda.is_available():
         # TF32 for float32 matrix products and convolutions (Ampere and newer): ~8x the FP32 rate, 10-bit mantissa
         torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.allow_tf32 = True
     trackers = _available_trackers(cfg.trackers)
     # With no accelerator, say so explicitly: Accelerate then treats `torchrun` ranks as CPU processes (gloo).
-    cpu_only = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    cpu_only = device_type == "cpu"
     return Accelerator(
-        cpu=cpu_only, mixed_precision=precision, log_with=trackers or None, project_dir=str(out_dir)
+        cpu=cpu_only, mixed_precision=precision.accelerate_precision(resolved, device_type),
+        log_with=trackers or None, project_dir=str(out_dir)
     )
 
 
@@ -292,6 +292,7 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         self.collate_fn, self.loss_fn, self.on_eval = collate_fn, loss_fn, on_eval
         self.accelerator = accelerator or make_accelerator(cfg, self.out_dir)
+        self.precision = precision.resolve(cfg.mixed_precision, self.accelerator.device.type)  # "no", "bf16", "fp16"
         self.run_name = run_name
         acc = self.accelerator
         self.is_main = acc.is_main_process
@@ -326,7 +327,9 @@ class Trainer:
 
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        torch_fused = acc.device.type == "cuda"
+        # PyTorch's fused AdamW (one kernel per parameter, no temporaries) on CUDA and CPU: at 124M on 2 CPU cores
+        # its step took 0.12 s against 0.5-0.9 s for the default per-tensor loop (BENCHMARKS.md)
+        torch_fused = acc.device.type in ("cuda", "cpu")
         self.optimizer = torch.optim.AdamW(
             param_groups(model, cfg.weight_decay),
             lr=cfg.learning_rate,
@@ -395,7 +398,7 @@ class Trainer:
         total = torch.zeros(2, dtype=torch.float64, device=acc.device)
         for batch_indices in batches:
             batch = self._to_device(self.collate_fn([dataset[i] for i in batch_indices]))
-            with acc.autocast():
+            with precision.autocast(acc, self.precision):
                 value, count = metric_fn(model, batch)
             total[0] += value.double() * count
             total[1] += count
@@ -438,6 +441,11 @@ class Trainer:
         return record
 
     def fit(self, resume_from: Path | None = None) -> TrainResult:
+        """Train to ``total_steps`` (from ``resume_from``'s checkpoint if given); the run's final numbers."""
+        with precision.use_cpu_bf16_attention(self.raw_model, self.precision, self.accelerator.device.type):
+            return self._fit(resume_from)
+
+    def _fit(self, resume_from: Path | None) -> TrainResult:
         from tqdm.auto import tqdm
 
         acc = self.accelerator
@@ -469,7 +477,7 @@ class Trainer:
                 batch = self._to_device(next(batches))
                 sync = micro == self.accum - 1
                 ctx = contextlib.nullcontext() if sync else acc.no_sync(model)
-                with ctx, acc.autocast():
+                with ctx, precision.autocast(acc, self.precision):
                     loss, count = self.loss_fn(model, batch)
                     acc.backward(loss / self.accum)
                 step_loss += loss.detach() / self.accum
@@ -538,6 +546,7 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "global_batch_examples": self.global_batch,
             "world_size": acc.num_processes,
+            "mixed_precision": self.precision,
             "gradient_accumulation_steps": self.accum,
             "ranks_agree": agree,
             "elapsed_s": elapsed,

@@ -104,3 +104,21 @@ def test_lm_loss_takes_the_fused_head_only_where_it_is_the_models_forward(monkey
     wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["qkv_proj"]))
     torch.testing.assert_close(lm_loss(wrapped, batch)[0], plain)  # LoRA's B starts at zero: same loss
     assert not calls
+
+
+@pytest.mark.parametrize("product_dtype", [torch.float32, torch.bfloat16])
+def test_linear_cross_entropy_when_the_targets_probability_underflows(product_dtype):
+    """The fused loss reads the target's log-probability off the softmax; where that probability is below
+    float32's range (a confident wrong guess, logit gaps over ~90), the row is recomputed exactly, so the loss stays
+    the finite ``F.cross_entropy`` value instead of inf."""
+    torch.manual_seed(0)
+    hidden = torch.randn(6, 8)
+    weight = torch.randn(20, 8)
+    weight[3] = hidden[2] * 40  # row 2 scores class 3 far above the rest
+    targets = torch.tensor([1, 4, 7, 0, 19, 5])  # row 2's target is not 3: its probability underflows
+    logits = (hidden.to(product_dtype) @ weight.to(product_dtype).t()).float()
+    reference = F.cross_entropy(logits, targets)
+    assert torch.log_softmax(logits, -1)[2, 7] < -150  # the case is real
+    loss = linear_cross_entropy(hidden, weight, targets, product_dtype=product_dtype)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, reference, atol=1e-4, rtol=1e-5)

@@ -248,3 +248,21 @@ def test_nan_loss_stops_with_last_good_checkpoint(corpus, tokenizer_dir, tmp_pat
     assert ckpts, "a good checkpoint should remain"
     state = load_file(ckpts[-1] / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in state.values())
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_pretrain_auto_precision_follows_the_cpu_and_the_card_says_what_ran(corpus, tmp_path, monkeypatch, has_bf16):
+    """``--mixed-precision auto`` is bf16 on a CPU with native bf16 products and float32 elsewhere; the run records
+    what it resolved to, the card shows that (not "auto"), and the saved model is a plain SDPA float32 folder."""
+    from pipelines import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo=None: has_bf16)
+    out = tmp_path / "run"
+    assert main(["pretrain", *tiny_flags(corpus, out, **{"--mixed-precision": "auto", "--max-steps": 30})]) == 0
+    final = json.loads((out / "metrics.json").read_text())["final"]
+    assert final["mixed_precision"] == ("bf16" if has_bf16 else "no")
+    assert final["val_loss"] < final["initial_val_loss"] - 0.5
+    card = (out / "README.md").read_text()
+    assert ("| precision | bf16 mixed precision |" if has_bf16 else "| precision | fp32 |") in card
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "float32" and precision.CPU_BF16_ATTENTION not in json.dumps(config)
