@@ -91,7 +91,7 @@ def linear_cross_entropy(hidden, weight, targets, ignore_index: int = IGNORE_IND
     when nothing is scored, as ``F.cross_entropy`` gives), computed a few rows at a time by
     :class:`LinearCrossEntropy`.  Equal to ``F.cross_entropy(hidden @ weight.T, targets)`` to float rounding, with
     its gradients.  ``product_dtype`` (default: ``hidden``'s) is the dtype of the three matrix products, as
-    autocast would run them (bf16); the log-softmax and the sums are float32 whatever it is."""
+    autocast would run them (bf16); the softmax and the sums are float32 whatever it is."""
     with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     total = LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, with_grad, product_dtype or hidden.dtype)
     return total / (targets != ignore_index).sum()
@@ -189,18 +189,19 @@ class LinearCrossEntropy(torch.autograd.Function):
         matrix = work("matrix", weight.shape, product_dtype).copy_(weight) if cast else weight
         logits_buffer = work("logits", (step, vocab), product_dtype)
         probs_buffer = work("probs", (step, vocab), torch.float32) if cast else logits_buffer
-        # in bf16 the scores of all rows are kept (half the bytes of float32 logits), and each gradient is one
-        # product at the end, converted to float32 once, not a bf16 partial sum per chunk
-        scores_buffer = work("scores", (rows_total, vocab), product_dtype) if cast and with_grad else None
         grad_hidden = torch.empty_like(hidden) if with_grad and ctx.needs_input_grad[0] else None
         grad_weight = torch.empty_like(weight) if with_grad and ctx.needs_input_grad[1] else None
+        wants_grad = grad_hidden is not None or grad_weight is not None
+        # in bf16 the scores of all rows are kept (half the bytes of float32 logits), and each gradient is one
+        # product at the end, converted to float32 once, not a bf16 partial sum per chunk
+        scores_buffer = work("scores", (rows_total, vocab), product_dtype) if cast and wants_grad else None
         product = work("weight_product", weight.shape, product_dtype) if cast and grad_weight is not None else None
         total = hidden.new_zeros((), dtype=torch.float64)
         for start in range(0, rows_total, step):
             rows = slice(start, start + step)
-            chunk, n = inputs[rows], min(step, rows_total - start)
-            logits = torch.mm(chunk, matrix.t(), out=logits_buffer[:n])
-            probs = probs_buffer[:n].copy_(logits) if cast else logits
+            chunk = inputs[rows]
+            logits = torch.mm(chunk, matrix.t(), out=logits_buffer[: chunk.shape[0]])
+            probs = probs_buffer[: chunk.shape[0]].copy_(logits) if cast else logits
             torch.softmax(probs, dim=-1, out=probs)  # in place: one pass, where log_softmax then exp took three
             picked = probs.gather(-1, safe[rows, None]).squeeze(-1).log()
             underflow = (picked < -80).nonzero().squeeze(-1)  # p below float32's normal range: recompute exactly
@@ -208,7 +209,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 exact = torch.log_softmax(torch.mm(chunk[underflow], matrix.t()).float(), dim=-1)
                 picked[underflow] = exact.gather(-1, safe[rows][underflow, None]).squeeze(-1)
             total -= (picked * valid[rows]).sum(dtype=torch.float64)
-            if grad_hidden is None and grad_weight is None:
+            if not wants_grad:
                 continue
             scores = probs  # softmax - one_hot, zero on ignored rows
             scores.scatter_add_(-1, safe[rows, None], -torch.ones_like(picked)[:, None])

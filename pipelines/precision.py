@@ -14,7 +14,7 @@ precision keeps float32 weights and optimizer state and computes the products in
 **How it runs.**  On a GPU, Accelerate autocasts (its forward wrapper, and its gradient scaler for fp16).  On a CPU,
 the Trainer autocasts the step itself (:func:`autocast`) and the model's forward stays its own, so that
 ``pipelines.losses.lm_loss`` still fuses the head and the loss (``LinearCrossEntropy``, bf16 products with a float32
-log-softmax).  Under CPU bf16 the attention product runs in float32 (:func:`use_cpu_bf16_attention`, a function
+softmax).  Under CPU bf16 the attention product runs in float32 (:func:`use_cpu_bf16_attention`, a function
 registered with transformers' attention interface, set on the model for the run and taken off after it): the CPU
 flash-attention kernel's bf16 backward took 2.5x its float32 time (demo shape: 48.7 against 19.6 ms a step).
 """
@@ -22,6 +22,7 @@ flash-attention kernel's bf16 backward took 2.5x its float32 time (demo shape: 4
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import torch
@@ -36,15 +37,21 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU computes bf16 dot products in hardware (AVX512-BF16 or AMX-BF16), read from the kernel's
     CPU flags (``/proc/cpuinfo``; ``cpuinfo`` text for a test).  False where there is no such file."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return False
+        return _this_cpu_has_native_bf16()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
             flags = set(line.partition(":")[2].split())
             return bool(flags & {"avx512_bf16", "amx_bf16"})
     return False
+
+
+@functools.cache
+def _this_cpu_has_native_bf16() -> bool:
+    """:func:`cpu_has_native_bf16` of this machine, read once per process (the Accelerator and the Trainer ask)."""
+    try:
+        return cpu_has_native_bf16(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return False
 
 
 def resolve(requested: str, device_type: str, cpu_bf16: bool | None = None) -> str:
