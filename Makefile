@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py pipelines/_bpe.c
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU build of PyTorch first (a plain `torch` would pull a multi-GB CUDA build), then the package.

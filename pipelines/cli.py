@@ -1,8 +1,9 @@
 """``gpt-scratch <workflow>``: one command line for every workflow.
 
-Each workflow lives in its own module and exposes two functions: one that adds its arguments to a parser and one
-that runs it.  Only the chosen workflow's module is imported, so ``gpt-scratch --help`` is instant.
-User errors (``UserError``) are printed as one line on stderr with exit status 2; no traceback.
+:data:`COMMANDS` is the table: a workflow's name, the module under ``pipelines.commands`` that implements it, and its
+one-line help.  Each command module has ``add_arguments(parser)`` and ``run(args) -> exit code``.  Only the chosen
+command's module is imported, so ``gpt-scratch --help`` is instant.  User errors (``UserError``) are printed as one
+line on stderr with exit status 2; no traceback.
 """
 
 from __future__ import annotations
@@ -12,24 +13,31 @@ import importlib
 import os
 import sys
 
-# workflow -> (module, one-line help).  Every workflow ``name-x`` is two functions of its module:
-# ``add_name_x_arguments(parser)`` adds its flags, ``name_x_main(args) -> exit code`` runs it.
-WORKFLOWS = {
-    "pretrain": ("pipelines.pretrain", "pretrain a base model (no --data: embedded corpus)"),
-    "train-tokenizer": ("pipelines.tokenization", "train a GPT-2-style byte-level BPE tokenizer on local text"),
-    "convert": ("pipelines.convert", "import OpenAI GPT-2 (HF gpt2) or book .pth weights; --to hf-gpt2: export"),
-    "generate": ("pipelines.generate", "sample text from a model"),
-    "chat": ("pipelines.chat", "chat with a base (transcript) or instruct model"),
-    "finetune-classifier": ("pipelines.classify", "fine-tune a classifier (e.g. spam) from a base model"),
-    "classify": ("pipelines.classify", "predict labels for texts"),
-    "finetune-instruct": ("pipelines.instruct", "Alpaca-style instruction fine-tuning"),
-    "respond": ("pipelines.instruct", "answer every record of a test file"),
-    "judge": ("pipelines.judge", "score responses with an LLM judge (0-100)"),
-    "serve": ("pipelines.serve", "OpenAI-compatible HTTP API over a model"),
-    "evaluate": ("pipelines.evaluate", "loss, perplexity, bits per byte, classifier accuracy, HellaSwag, lm-eval"),
-    "experiments": ("pipelines.experiments", "interventions vs a baseline, same budget"),
-    "publish": ("pipelines.publish", "upload a run folder to the Hugging Face Hub"),
+from .errors import UserError, check_text
+
+COMMANDS = {
+    "pretrain": ("pretrain", "pretrain a base model (no --data: embedded corpus)"),
+    "train-tokenizer": ("train_tokenizer", "train a GPT-2-style byte-level BPE tokenizer on local text"),
+    "convert": ("convert", "import OpenAI GPT-2 (HF gpt2) or book .pth weights; --to hf-gpt2 / gguf: export"),
+    "generate": ("generate", "sample text from a model"),
+    "chat": ("chat", "chat with a base (transcript) or instruct model"),
+    "finetune-classifier": ("finetune_classifier", "fine-tune a classifier (e.g. spam) from a base model"),
+    "classify": ("classify", "predict labels for texts"),
+    "finetune-instruct": ("finetune_instruct", "Alpaca-style instruction fine-tuning"),
+    "respond": ("respond", "answer every record of a test file"),
+    "judge": ("judge", "score responses with an LLM judge (0-100)"),
+    "serve": ("serve", "OpenAI-compatible HTTP API over a model"),
+    "evaluate": ("evaluate", "loss, perplexity, bits per byte, classifier accuracy, HellaSwag, lm-eval"),
+    "experiments": ("experiments", "interventions vs a baseline, same budget"),
+    "publish": ("publish", "upload a run folder to the Hugging Face Hub"),
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (a ``UserError``) instead of the usage text plus a line."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -37,37 +45,40 @@ def _top_parser() -> argparse.ArgumentParser:
         prog="gpt-scratch",
         description="Train, fine-tune, evaluate, serve and publish GPT-2-style models.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="workflows:\n"
-        + "\n".join(f"  {name:<20} {help_text}" for name, (_, help_text) in WORKFLOWS.items())
+        epilog="workflows:\n" + "\n".join(f"  {name:<20} {help_text}" for name, (_, help_text) in COMMANDS.items())
         + "\n\n'gpt-scratch <workflow> --help' shows a workflow's options.",
     )
-    parser.add_argument("workflow", choices=list(WORKFLOWS), metavar="workflow", help="one of the workflows below")
+    parser.add_argument("workflow", choices=list(COMMANDS), metavar="workflow", help="one of the workflows below")
     return parser
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (a ``UserError``) instead of the usage text plus a line."""
-
-    def error(self, message):
-        from .errors import UserError
-
-        raise UserError(f"{message} (see `{self.prog} --help`)")
-
-
 def build_parser(workflow: str):
-    module_name, help_text = WORKFLOWS[workflow]
-    module = importlib.import_module(module_name)
-    stem = workflow.replace("-", "_")
+    """``(parser, run)`` of a workflow; its module is imported here, not before (``--help`` stays instant)."""
+    module_name, help_text = COMMANDS[workflow]
+    module = importlib.import_module(f"pipelines.commands.{module_name}")
     parser = _Parser(prog=f"gpt-scratch {workflow}", description=help_text)
-    getattr(module, f"add_{stem}_arguments")(parser)
-    return parser, getattr(module, f"{stem}_main")
+    module.add_arguments(parser)
+    return parser, module.run
+
+
+def check_argv(argv: list[str]) -> None:
+    """Every command-line argument must be UTF-8 text; the first that is not is named (by its flag)."""
+    for index, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if arg.startswith("--") and eq:
+            where, text = f"the value of {flag}", value
+        elif arg.startswith("-") and len(arg) > 1:
+            where, text = f"option {index + 1}", arg
+        elif index > 0 and argv[index - 1].startswith("-") and "=" not in argv[index - 1]:
+            where, text = f"the value of {argv[index - 1]}", arg
+        else:
+            where, text = f"argument {index + 1}", arg
+        check_text(text, where)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import UserError
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in WORKFLOWS:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         top = _top_parser()
         if not argv:
             top.print_help()
@@ -76,13 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workflow, rest = argv[0], argv[1:]
     try:
-        from .textin import check_argv
-
         check_argv(rest)  # undecodable bytes in an argument: one line here, not a TypeError deep inside
         parser, run = build_parser(workflow)
-        args = parser.parse_args(rest)
-        result = run(args)
-        return int(result or 0)
+        return int(run(parser.parse_args(rest)) or 0)
     except UserError as exc:
         print(f"gpt-scratch {workflow}: error: {exc}", file=sys.stderr)
         return UserError.exit_code

@@ -5,7 +5,9 @@
     torchrun --nproc_per_node 2 scripts/finetune_instruct.py ...   # CPU ranks
 """
 
-from _launch import launch
+import sys
+
+from pipelines.cli import main
 
 if __name__ == "__main__":
-    launch("finetune-instruct")
+    sys.exit(main(["finetune-instruct", *sys.argv[1:]]))

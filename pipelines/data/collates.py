@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import IGNORE_INDEX
+IGNORE_INDEX = -100  # a target that is not scored: transformers' and PyTorch's convention
+
 
 def pad_collate_classification(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Items ``{"input_ids": list[int] | tensor, "label": int}`` -> ``input_ids`` right-padded with ``pad_id`` to the

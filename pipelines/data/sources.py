@@ -18,9 +18,10 @@ import operator
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from pydoc_data.topics import topics
 
-from ..errors import UserError, describe_type
-from ..folders import HUB_ID, first_line, json_error, looks_like_hub_id, offline_flag
+from ..errors import UserError, describe_type, first_line, json_error
+from ..hub import HUB_ID, looks_like_hub_id, offline_flag
 
 TEXT_SUFFIXES = (".txt", ".md")
 RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
@@ -71,7 +72,7 @@ def _open_hub(hub_id: str):
     flag = offline_flag()
     if flag:
         raise _needs_network(hub_id, f"{flag} is set")
-    import datasets
+    import datasets  # only Hub and Parquet data need it
 
     match = HUB_ID.match(hub_id)
     try:
@@ -252,7 +253,7 @@ def _headed_table_records(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[str, dict]]:
-    import datasets
+    import datasets  # only Hub and Parquet data need it
 
     rows = datasets.load_dataset("parquet", data_files=[str(path)], split="train", streaming=True)
     for index, record in enumerate(rows):
@@ -261,7 +262,7 @@ def _parquet_records(path: Path) -> Iterator[tuple[str, dict]]:
 
 def _hub_records(hub_id: str) -> Iterator[tuple[str, dict]]:
     """Rows of a Hub dataset; ``ClassLabel`` columns are given as their names (``"spam"``, not ``1``)."""
-    import datasets
+    import datasets  # only Hub and Parquet data need it
 
     ds = _open_hub(hub_id)
     class_labels = {k: f for k, f in (ds.features or {}).items() if isinstance(f, datasets.ClassLabel)}
@@ -322,8 +323,6 @@ def get_field(source: str, where: str, record: dict, column: str, flag: str) -> 
 def default_corpus() -> list[str]:
     """The embedded corpus: CPython's reference-manual topics (``pydoc_data.topics``), one document per topic,
     in sorted topic order."""
-    from pydoc_data.topics import topics
-
     return [topics[key] for key in sorted(topics)]
 
 

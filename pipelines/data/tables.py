@@ -198,3 +198,10 @@ def label_names(records: list[dict]) -> list[str]:
 def label_maps(names: list[str]) -> tuple[dict[int, str], dict[str, int]]:
     """``(id2label, label2id)`` for a model config, from :func:`label_names`."""
     return dict(enumerate(names)), {name: i for i, name in enumerate(names)}
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids of every text, each cut to its first ``max_length`` tokens; also how many were cut."""
+    ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"] if texts else []
+    truncated = sum(1 for row in ids if len(row) > max_length)
+    return [row[:max_length] for row in ids], truncated

@@ -1,0 +1,1 @@
+"""The model card templates; installed as ``pipelines.model_cards``."""

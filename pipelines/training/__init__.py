@@ -1,0 +1,1 @@
+"""The one training loop (``trainer``), its losses, precision rules and LoRA."""
