@@ -100,8 +100,8 @@ def main(argv=None):
     p.add_argument("--data", default=str(SHARED_DATA / "*.txt"), help="glob of extra .txt documents")
     args = p.parse_args(argv)
 
-    from pipelines.tokenization import train_bpe_tokenizer
-    from pipelines.data import get_or_build_token_shards, load_tokens
+    from pipelines.runs.tokenizers import train_bpe_tokenizer
+    from pipelines.data.tokens import get_or_build_token_shards, load_tokens
     from pipelines.fast_bpe import FastBPE
 
     print_header(f"data preparation: {args.mb:g} MB of text -> uint16 token shards")

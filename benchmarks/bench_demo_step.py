@@ -20,8 +20,8 @@ from common import print_header
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
-from pipelines import precision
-from pipelines.losses import lm_loss
+from pipelines.training import precision
+from pipelines.training.losses import lm_loss
 
 VOCAB, BATCH, SEQ = 4096, 16, 128
 

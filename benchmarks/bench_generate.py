@@ -38,7 +38,7 @@ def prompts(batch: int, vocab: int, seed: int = 3):
 def engine_generate(model):
     """``generate``'s interface over the engine: left-padded ids in, ids with the new tokens out (end-of-text rows
     padded), as the workflows decode."""
-    from pipelines.engine import Engine, Request
+    from pipelines.decoding.engine import Engine, Request
 
     class Ids:
         pad_token_id = bos_token_id = eos_token_id = EOS_ID

@@ -38,7 +38,7 @@ from pathlib import Path
 import common
 from common import REPO, median, print_header, report
 
-from pipelines import precision
+from pipelines.training import precision
 
 SHAPES = {
     "demo": dict(steps=150, batch=16, seq=128, lr=0.002, warmup=30, log_every=10),
@@ -147,7 +147,7 @@ def peer_main(argv) -> None:
         documents = [Path(args.data).read_text(encoding="utf-8")]
         n_layer, n_embd, n_head = 12, 768, 12
     else:  # the demo's corpus: CPython's documentation topics
-        from pipelines.data import default_corpus
+        from pipelines.data.sources import default_corpus
 
         documents = default_corpus()
         n_layer, n_embd, n_head = 4, 128, 4

@@ -36,16 +36,16 @@ def prepare(work: Path, count: int) -> tuple[Path, Path, Path]:
     import torch
 
     from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
-    from pipelines.tokenization import load_tokenizer, train_bpe_tokenizer
-    from pipelines.prompts import format_alpaca
-    from pipelines.runfolder import write_model_folder
+    from pipelines.runs.tokenizers import open_tokenizer, train_bpe_tokenizer
+    from pipelines.data.instructions import format_alpaca
+    from pipelines.runs.run_folder import write_model_folder
 
     records = json.loads(DATA.read_text(encoding="utf-8"))
     ours, gpt2, data = work / "ours", work / "gpt2", work / "instructions.json"
     if not (ours / "model.safetensors").is_file():
         texts = [format_alpaca(r) + r["output"] for r in records]
         train_bpe_tokenizer(texts, 4096, out_dir=work / "tokenizer", overwrite=True)
-        tokenizer = load_tokenizer(str(work / "tokenizer"))
+        tokenizer = open_tokenizer(str(work / "tokenizer"))
         config = GPTScratchConfig.from_preset(
             "tiny", hidden_size=128, num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=128,
             vocab_size=len(tokenizer), qkv_bias=False, eos_token_id=tokenizer.eos_token_id,
@@ -56,7 +56,7 @@ def prepare(work: Path, count: int) -> tuple[Path, Path, Path]:
         write_model_folder(ours, model, tokenizer, metrics={}, run_config={}, workflow="benchmark")
         subprocess.run([*CLI, "convert", "--to", "hf-gpt2", "--src", str(ours), "--out", str(gpt2), "--overwrite"],
                        check=True, cwd=REPO, capture_output=True)
-    tokenizer = load_tokenizer(str(ours))
+    tokenizer = open_tokenizer(str(ours))
     fitting = [r for r in records
                if len(tokenizer(format_alpaca(r), add_special_tokens=False)["input_ids"]) + MAX_NEW_TOKENS <= 128]
     data.write_text(json.dumps(fitting[:count], indent=1), encoding="utf-8")
@@ -78,8 +78,8 @@ def peer_main(argv) -> None:
     model, data, out = argv
     from transformers import pipeline
 
-    from pipelines.instruct import extract_response
-    from pipelines.prompts import format_alpaca
+    from pipelines.decoding.prompts import extract_response
+    from pipelines.data.instructions import format_alpaca
 
     generator = pipeline("text-generation", model=model, device="cpu")
     answers = []

@@ -41,8 +41,8 @@ def build_demo_model(folder: Path, vocab_size: int = 4096, seed: int = 0) -> Pat
     import torch
 
     from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
-    from pipelines.tokenization import train_bpe_tokenizer
-    from pipelines.data import default_corpus
+    from pipelines.runs.tokenizers import train_bpe_tokenizer
+    from pipelines.data.sources import default_corpus
 
     context = DEMO_SHAPE["max_position_embeddings"]
     tokenizer = train_bpe_tokenizer(default_corpus(), vocab_size, model_max_length=context)
@@ -57,7 +57,7 @@ def build_demo_model(folder: Path, vocab_size: int = 4096, seed: int = 0) -> Pat
 
 def prompts(count: int) -> list[str]:
     """``count`` distinct prompts of a few words each, cut from the embedded corpus."""
-    from pipelines.data import default_corpus
+    from pipelines.data.sources import default_corpus
 
     words = " ".join(default_corpus()[:50]).split()
     return [" ".join(words[i * 7 : i * 7 + 4 + i % 5]) for i in range(count)]

@@ -24,8 +24,8 @@ import common  # noqa: F401  (sets the environment and sys.path)
 import torch
 from common import SIZES, interleaved, median, model_pair, print_header, report, spread
 
-from pipelines.losses import lm_loss
-from pipelines.throughput import device_peak_flops, flops_per_token
+from pipelines.training.losses import lm_loss
+from pipelines.training.trainer import device_peak_flops, flops_per_token
 
 
 def make_step(model, ids, lr=1e-4, fused=False, autocast_dtype=None, compiled=False, pipeline_loss=False):

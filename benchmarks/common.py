@@ -128,7 +128,7 @@ def peer_config(ours, activation: str = "gelu_new"):
     ``activation="gelu_new"`` is what OpenAI's GPT-2 checkpoints ship with (the tanh approximation written out in
     Python); ``"gelu_pytorch_tanh"`` is the same function through PyTorch's fused kernel.
     """
-    from pipelines.export import CAUSAL_LM, gpt2_config_from_ours
+    from pipelines.formats.gpt2_export import CAUSAL_LM, gpt2_config_from_ours
 
     config = gpt2_config_from_ours(ours, CAUSAL_LM, ours.pad_token_id)
     config.update({"activation_function": activation, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})
@@ -137,7 +137,7 @@ def peer_config(ours, activation: str = "gelu_new"):
 
 def ours_to_peer_state_dict(state: dict, config) -> dict:
     """Our parameters in ``GPT2LMHeadModel``'s names and layout (the export's mapping), the head included."""
-    from pipelines.export import map_to_hf_gpt2_state_dict
+    from pipelines.formats.gpt2_export import map_to_hf_gpt2_state_dict
 
     mapped, unknown = map_to_hf_gpt2_state_dict(state, config)
     assert not unknown, unknown

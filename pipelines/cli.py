@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         top.parse_args(argv[:1])  # prints help, or a one-line error naming the valid workflows
         return 2
     workflow, rest = argv[0], argv[1:]
+    if not sys.stderr.isatty():  # a log file: the libraries' progress bars would be carriage-return lines there
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         check_argv(rest)  # undecodable bytes in an argument: one line here, not a TypeError deep inside
         parser, run = build_parser(workflow)

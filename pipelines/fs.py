@@ -4,7 +4,8 @@ behind a server running as another user can be read.
 
 Everything is first written under a temporary name in the same folder, flushed, then renamed into place
 (``os.replace`` is atomic on one filesystem).  Temporary names are made here rather than by ``tempfile``, whose files
-(0600) and folders (0700) would keep their private modes after the rename.
+(0600) and folders (0700) would keep their private modes after the rename; and what libraries write into a staged
+folder gets the umask's modes before it appears (:func:`apply_umask`: safetensors writes its files 0600).
 
 The test-only fault hook (:func:`fault_point`) lives here too: it interrupts a process at exact moments of a write.
 """
@@ -12,6 +13,7 @@ The test-only fault hook (:func:`fault_point`) lives here too: it interrupts a p
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -29,6 +31,26 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@functools.cache
+def _umask() -> int:
+    """This process's umask: read from ``/proc/self/status`` (Linux), else by setting it and setting it back."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: Path) -> None:
+    """Give ``root`` and everything under it the modes a new file (0666) or folder (0777) gets from the umask."""
+    mask = _umask()
+    for path in [Path(root), *Path(root).rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def temp_name(dest: Path, suffix: str = ".tmp") -> Path:
@@ -89,6 +111,7 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = True):
     tmp = make_dir(temp_name(dest))
     try:
         yield tmp
+        apply_umask(tmp)
         if dest.exists():
             if not overwrite:
                 raise FileExistsError(dest)

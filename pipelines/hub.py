@@ -78,7 +78,7 @@ def model_folder(spec, flag: str = "--model", allow_patterns: list[str] | None =
         why = f"{offline} is set" if offline else f"the Hub could not be reached: {type(exc).__name__}"
         raise UserError(
             f"{flag} {spec} is a Hub model id that is not in the local cache; downloading it needs the network "
-            f"({why}): connect and retry, or pass a local model folder"
+            f"({why}): connect and retry, or pass a local folder that holds the model"
         ) from None
 
 

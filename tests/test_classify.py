@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines.cli import main
+from pipelines.data.tables import balance_undersample, read_labeled_table
 
 PREFIXES = ["hey", "ok", "so", "well", "note", "fyi", "yes", "hi", "look", "friend"]
 SUFFIXES = ["now", "today", "thanks", "please", "soon", "ok", "later", "bye", "again", "tomorrow"]
@@ -114,7 +115,8 @@ def expected_counts(num_labels=2, qkv_bias=True):
 
 @pytest.mark.parametrize("mode", ["head", "last-block", "last-two-blocks", "all"])
 def test_trainable_modes_freeze_exactly_what_they_say(base_dir, mode):
-    from pipelines.classify import freeze_for, load_base_as_classifier
+    from pipelines.commands.finetune_classifier import freeze_for
+    from pipelines.runs.folders import load_base_as_classifier
 
     model = load_base_as_classifier(base_dir, ["ham", "spam"])
     n = freeze_for(model, mode)
@@ -139,7 +141,7 @@ def test_trainable_modes_freeze_exactly_what_they_say(base_dir, mode):
 
 
 def test_new_head_is_fresh_and_the_body_is_the_base(base_dir):
-    from pipelines.classify import load_base_as_classifier
+    from pipelines.runs.folders import load_base_as_classifier
 
     model = load_base_as_classifier(base_dir, ["a", "b", "c"])
     assert model.score.weight.shape == (3, HIDDEN)
@@ -153,7 +155,8 @@ def test_new_head_is_fresh_and_the_body_is_the_base(base_dir):
 
 
 def test_truncation_is_counted(base_dir):
-    from pipelines.classify import _load_tokenizer, encode_texts
+    from pipelines.commands.finetune_classifier import _load_tokenizer
+    from pipelines.data.tables import encode_texts
 
     tok = _load_tokenizer(str(base_dir))
     ids, cut = encode_texts(tok, ["hey win cash prize now", "ok"], 3)
@@ -201,9 +204,9 @@ def test_finetune_reaches_full_accuracy_and_writes_the_run_folder(trained, base_
 
 
 def test_pooling_uses_the_last_real_token_under_right_padding(trained):
-    from pipelines.classify import load_classifier
+    from pipelines.runs.folders import FolderKind, open_model
 
-    model, tok = load_classifier(str(trained))
+    model, tok = open_model(trained, (FolderKind.CLASSIFIER,))
     texts = ["hey win cash prize now", "ok", "friend see you at lunch tomorrow please"]
     batch = tok(texts, padding=True, return_tensors="pt")
     assert tok.padding_side == "right" and (batch["attention_mask"] == 0).any()
@@ -260,9 +263,10 @@ def test_defaults_are_the_measured_ones(base_dir, toy_tsv, tmp_path):
     5 epochs; a run without --trainable trains every parameter."""
     import yaml
 
-    from pipelines.classify import ClassifyConfig, trainable_mode
+    from pipelines.settings import ClassifierSettings
+    from pipelines.commands.finetune_classifier import trainable_mode
 
-    cfg = ClassifyConfig()
+    cfg = ClassifierSettings()
     assert (trainable_mode(cfg), cfg.learning_rate, cfg.epochs, cfg.lr_schedule) == ("all", 5e-4, 5.0, "constant")
     assert cfg.trainable is None and cfg.lora_rank == 0
     out = tmp_path / "defaults"
@@ -280,7 +284,7 @@ def test_defaults_are_the_measured_ones(base_dir, toy_tsv, tmp_path):
 
 
 def test_lm_windows_score_every_token_once():
-    from pipelines.evaluate import lm_windows
+    from pipelines.evals.text import lm_windows
 
     tokens = list(range(23))
     for length, stride in ((8, 8), (8, 3), (5, 1), (30, 30)):
@@ -411,21 +415,19 @@ def test_evaluate_refuses_unknown_labels(trained, data_dir, capsys):
 
 def test_sms_spam_collection_reads_balances_and_splits(shared_data):
     from collections import Counter
-
-    from pipelines import data
-    from pipelines.classify import ClassifyConfig
-    from pipelines.classify_data import build_splits, check_labels
+    from pipelines.settings import ClassifierSettings
+    from pipelines.commands.finetune_classifier import build_splits, check_labels
 
     path = shared_data / "SMSSpamCollection.tsv"
     if not path.is_file():
         pytest.skip(f"{path} is not available")
-    records = data.read_labeled_table(path)
+    records = read_labeled_table(path)
     counts = Counter(r["label"] for r in records)
     assert counts["spam"] == 747 and set(counts) == {"ham", "spam"}
-    balanced = data.balance_undersample(records, seed=123)
+    balanced = balance_undersample(records, seed=123)
     assert Counter(r["label"] for r in balanced) == {"ham": 747, "spam": 747}
 
-    cfg = ClassifyConfig(data=str(path))
+    cfg = ClassifierSettings(data=str(path))
     splits = build_splits(cfg, log=lambda *_: None)
     n = 2 * 747
     assert {k: len(v) for k, v in splits.items()} == {"train": int(0.7 * n), "val": int(0.1 * n), "test": n - int(0.7 * n) - int(0.1 * n)}

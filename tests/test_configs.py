@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import config as schema
-from pipelines.experiments import load_experiment_runs
-from pipelines.pretrain import PretrainConfig
+from pipelines import settings as schema
+from pipelines.commands.experiments import load_experiment_runs
+from pipelines.settings import PretrainSettings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -15,12 +15,12 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 @pytest.mark.parametrize("name", ["tiny-cpu.yaml", "gpt2-small-3090.yaml", "gpt2-small-8xa100.yaml"])
 def test_pretrain_configs_parse(name):
     values = schema.load_yaml(CONFIGS / name)
-    cfg = schema.build_config(PretrainConfig, values)
+    cfg = schema.build(PretrainSettings, values)
     assert cfg.max_steps > 0 and cfg.out
 
 
 def test_gpu_recipes_budget():
-    small = schema.build_config(PretrainConfig, schema.load_yaml(CONFIGS / "gpt2-small-3090.yaml"))
+    small = schema.build(PretrainSettings, schema.load_yaml(CONFIGS / "gpt2-small-3090.yaml"))
     # ~3.2B tokens at context 1024: accumulation = global tokens / (micro batch x context)
     accum = small.global_batch_tokens // (small.batch_size * 1024)
     assert accum * small.batch_size * 1024 == small.global_batch_tokens

@@ -13,11 +13,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from pipelines.book_checkpoint import convert_book
-from pipelines.convert import add_convert_arguments, convert_hf_gpt2, convert_main
-from pipelines.tokenization import train_bpe_tokenizer
+from pipelines.formats.book import convert_book
+from pipelines.commands import convert, generate
+from pipelines.formats.hf_gpt2 import convert_hf_gpt2
+from pipelines.runs.tokenizers import train_bpe_tokenizer
 from pipelines.errors import UserError
-from pipelines.generate import add_generate_arguments, generate_main
 
 VOCAB = 300
 WORDS = "the cat sat on a mat and the dog ran to the park while birds sang in green trees".split()
@@ -138,16 +138,16 @@ def test_hf_gpt2_original_openai_key_layout(tmp_path):
 
 def test_cli_convert_then_generate(tmp_path, hf_gpt2_dir, tokenizer, capsys):
     src, reference = hf_gpt2_dir
-    parser = add_convert_arguments(argparse.ArgumentParser())
+    parser = convert.add_arguments(argparse.ArgumentParser())
     out = tmp_path / "cli"
-    assert convert_main(parser.parse_args(["--from", "hf-gpt2", "--src", str(src), "--out", str(out)])) == 0
+    assert convert.run(parser.parse_args(["--from", "hf-gpt2", "--src", str(src), "--out", str(out)])) == 0
     assert (out / "model.safetensors").is_file()
     assert str(out) in capsys.readouterr().out
 
-    gen_parser = add_generate_arguments(argparse.ArgumentParser())
+    gen_parser = generate.add_arguments(argparse.ArgumentParser())
     args = gen_parser.parse_args(["--model", str(out), "--prompt", "the cat sat", "--max-new-tokens", "10",
                                   "--temperature", "0"])
-    assert generate_main(args) == 0  # the CLI's exit code
+    assert generate.run(args) == 0  # the CLI's exit code
     text = capsys.readouterr().out.removesuffix("\n")
     prompt = tokenizer("the cat sat", return_tensors="pt")
     expected = reference.generate(**prompt, max_new_tokens=10, do_sample=False, pad_token_id=tokenizer.eos_token_id)
@@ -155,17 +155,17 @@ def test_cli_convert_then_generate(tmp_path, hf_gpt2_dir, tokenizer, capsys):
     # sampling with a seed repeats itself
     sample = ["--model", str(out), "--prompt", "the dog", "--temperature", "1.0", "--seed", "7",
               "--max-new-tokens", "8"]
-    generate_main(gen_parser.parse_args(sample))
+    generate.run(gen_parser.parse_args(sample))
     first = capsys.readouterr().out
-    generate_main(gen_parser.parse_args(sample))
+    generate.run(gen_parser.parse_args(sample))
     assert capsys.readouterr().out == first
 
     with pytest.raises(UserError, match="no weights"):
         (tmp_path / "empty_model").mkdir()
         (tmp_path / "empty_model" / "config.json").write_text("{}")
-        generate_main(gen_parser.parse_args(["--model", str(tmp_path / "empty_model"), "--prompt", "x"]))
+        generate.run(gen_parser.parse_args(["--model", str(tmp_path / "empty_model"), "--prompt", "x"]))
     with pytest.raises(UserError, match="does not exist"):
-        generate_main(gen_parser.parse_args(["--model", str(tmp_path / "nowhere"), "--prompt", "x"]))
+        generate.run(gen_parser.parse_args(["--model", str(tmp_path / "nowhere"), "--prompt", "x"]))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,15 +10,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
-from pipelines.engine import (
-    CACHE_ARGUMENT,
-    Engine,
-    KVBuffer,
-    Request,
-    cut_at_stop_strings,
-    decode_incrementally,
-    sample_next_token,
-)
+from pipelines.decoding.engine import CACHE_ARGUMENT, Engine, KVBuffer, Request, cut_at_stop_strings, decode_incrementally, sample_next_token
 
 VOCAB = 96
 

@@ -15,9 +15,10 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipelines.convert import convert_hf_gpt2
-from pipelines.tokenization import train_bpe_tokenizer
+from pipelines.formats.hf_gpt2 import convert_hf_gpt2
+from pipelines.runs.tokenizers import train_bpe_tokenizer
 from pipelines.cli import main
+from pipelines.data.tokens import load_tokens, split_tokens
 
 VOCAB, CONTEXT = 300, 64
 WORDS = "the cat sat on a mat and the dog ran to the park while birds sang in green trees".split()
@@ -174,7 +175,7 @@ def test_text_evaluation_reports_bits_per_byte(model_pair, tokenizer, tmp_path):
 
 
 def test_byte_counts_are_exact_inside_multibyte_characters(tokenizer):
-    from pipelines.bpb import ByteCounter, bytes_per_token
+    from pipelines.runs.tokenizers import ByteCounter, bytes_per_token
 
     text = "birds 🙂 sang é in green trees and the cat"
     ids = tokenizer(text)["input_ids"]
@@ -189,9 +190,8 @@ def test_byte_counts_are_exact_inside_multibyte_characters(tokenizer):
 
 
 def test_pretraining_reports_val_and_test_bpb(tmp_path, capsys):
-    from pipelines import data
-    from pipelines.bpb import count_bytes
-    from pipelines.tokenization import load_tokenizer
+    from pipelines.runs.tokenizers import count_bytes
+    from pipelines.runs.tokenizers import open_tokenizer
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -208,9 +208,9 @@ def test_pretraining_reports_val_and_test_bpb(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     final = metrics["final"]
     # the bytes-per-token ratio of each held-out split, recomputed from the cached token stream
-    tokenizer = load_tokenizer(str(out))
+    tokenizer = open_tokenizer(str(out))
     shards = next((out / "cache").glob("tokens-*"))
-    splits = data.split_tokens(data.load_tokens(shards), fractions=(0.9, 0.05, 0.05), seed=5, context_length=16)
+    splits = split_tokens(load_tokens(shards), fractions=(0.9, 0.05, 0.05), seed=5, context_length=16)
     for name in ("val", "test"):
         part = np.asarray(splits[name])
         ratio = count_bytes(tokenizer, part) / len(part)
@@ -245,7 +245,7 @@ def fineweb_args(folder, data, *extra, start=100):
 
 
 def test_fineweb_slice_is_exactly_the_expected_tokens(model_pair, tokenizer, tmp_path, capsys):
-    from pipelines.data import build_token_shards
+    from pipelines.data.tokens import build_token_shards
 
     folder, reference = model_pair
     rng = np.random.default_rng(4)
@@ -401,7 +401,7 @@ def test_lm_eval_missing_or_unknown(model_pair, lm_eval_tasks, capsys, monkeypat
 def test_record_puts_the_numbers_in_the_cards(model_pair, tokenizer, hellaswag_file, tmp_path, capsys):
     from huggingface_hub import ModelCard
 
-    from pipelines.cards import render_model_card, render_report
+    from pipelines.runs.cards import render_model_card, render_report
 
     src, _ = model_pair
     run = tmp_path / "run"
@@ -432,7 +432,7 @@ def test_record_puts_the_numbers_in_the_cards(model_pair, tokenizer, hellaswag_f
     assert str(tmp_path) not in (run / "metrics.json").read_text()
 
     # an lm-evaluation-harness result, recorded the same way (the harness itself is tested above)
-    from pipelines.evaluate import record
+    from pipelines.evals.record import record
 
     lm_eval_results = {"kind": "lm-eval", "tasks": {"arc_easy": {"acc": 0.25, "acc_stderr": 0.01, "acc_norm": 0.3}},
                        "n-shot": {"arc_easy": 0}, "dataset_paths": {"arc_easy": "allenai/ai2_arc"},

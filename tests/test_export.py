@@ -11,11 +11,11 @@ from safetensors import safe_open
 from transformers import AutoTokenizer, GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM, GPTScratchForSequenceClassification
-from pipelines.convert import convert_hf_gpt2
-from pipelines.tokenization import train_bpe_tokenizer
+from pipelines.formats.hf_gpt2 import convert_hf_gpt2
+from pipelines.runs.tokenizers import train_bpe_tokenizer
 from pipelines.cli import main as cli_main
 from pipelines.errors import UserError
-from pipelines.export import export_hf_gpt2
+from pipelines.formats.gpt2_export import export_hf_gpt2
 from tests.test_convert import VOCAB, WORDS, perturb_
 
 EXPORTED_FILES = {

@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from pipelines import runfolder
+from pipelines.runs import run_folder as runfolder
 from pipelines.cli import main
 from tests.test_pretrain import write_corpus
 
@@ -96,7 +96,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory, corpus):
-    from pipelines.tokenization import train_bpe_tokenizer
+    from pipelines.runs.tokenizers import train_bpe_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
     train_bpe_tokenizer([p.read_text() for p in sorted(corpus.glob("*.txt"))], 300, out_dir=out)
@@ -281,9 +281,8 @@ def _resolve(workflow, argv):
     from pipelines.cli import build_parser
 
     parser, _ = build_parser(workflow)
-    module = {"pretrain": "pipelines.pretrain", "finetune-classifier": "pipelines.classify",
-              "finetune-instruct": "pipelines.instruct"}[workflow]
-    return __import__(module, fromlist=["resolve_config"]).resolve_config(parser.parse_args(argv))
+    module = f"pipelines.commands.{workflow.replace('-', '_')}"
+    return __import__(module, fromlist=["resolve"]).resolve(parser.parse_args(argv))
 
 
 @pytest.mark.parametrize("workflow", ["pretrain", "finetune-classifier", "finetune-instruct"])
@@ -369,26 +368,38 @@ def test_train_tokenizer_out_file_with_overwrite(corpus, tmp_path, capsys):
 
 
 def _lock_record(pid, **extra):
-    record = {"pid": pid, "host": socket.gethostname(), "boot_id": runfolder._boot_id(),
-              "process_start": runfolder._process_start(pid), "started": "2026-01-01T00:00:00+00:00"}
+    record = {"pid": pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00"}
     record.update(extra)
     return record
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from pipelines.runs.run_folder import _acquire
+lock = _acquire(Path(sys.argv[1]))  # held while this process lives
+print("held", flush=True)
+time.sleep(60)
+"""
 
 
 def test_lock_held_by_a_live_run_is_refused_and_the_folder_untouched(corpus, tokenizer_dir, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (out / "run_config.yaml").write_text("seed: 1\n")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, env=_env())
     try:
-        (out / LOCK).write_text(json.dumps(_lock_record(sleeper.pid)))
-        (out / "run_config.yaml").write_text("seed: 1\n")
+        assert holder.stdout.readline().strip() == b"held"
         before = snapshot(out)
-        rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir), "--take-over-lock"])
-        one_line(capsys, rc, "in use by another gpt-scratch run", f"pid {sleeper.pid}")
+        rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir)])
+        one_line(capsys, rc, "in use by another gpt-scratch run", f"pid {holder.pid}")
+        assert snapshot(out) == before
+        rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir), "--overwrite"])
+        one_line(capsys, rc, "in use by another gpt-scratch run")  # --overwrite does not break a live lock
         assert snapshot(out) == before
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.kill()
+        holder.wait()
 
 
 def _dead_pid():
@@ -397,38 +408,22 @@ def _dead_pid():
     return proc.pid
 
 
-def test_stale_lock_is_reported_and_taken_over_explicitly(corpus, tokenizer_dir, tmp_path, capsys, one_thread):
+@pytest.mark.parametrize("record", ["dead", "another-machine", "unreadable"])
+def test_a_lock_file_nobody_holds_is_no_obstacle(record, corpus, tokenizer_dir, tmp_path, capsys, one_thread):
+    """The lock is the kernel's (flock): a lock file left by a killed run, whatever its record says, is free."""
     out = tmp_path / "run"
     out.mkdir()
-    (out / LOCK).write_text(json.dumps(_lock_record(_dead_pid(), process_start="0")))
-    before = snapshot(out)
+    text = {"dead": json.dumps(_lock_record(_dead_pid())), "unreadable": "",
+            "another-machine": json.dumps(_lock_record(1, host="elsewhere.example"))}[record]
+    (out / LOCK).write_text(text)
     rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir, **{"--max-steps": 2, "--checkpoint-every": 0})])
-    one_line(capsys, rc, "no longer running", "--take-over-lock", f"remove {out / LOCK}")
-    assert snapshot(out) == before
-    rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir, **{"--max-steps": 2, "--checkpoint-every": 0}),
-               "--take-over-lock"])
     assert rc == 0, capsys.readouterr().err
     assert (out / "model.safetensors").is_file() and not (out / LOCK).exists()
 
 
-def test_lock_of_another_machine(corpus, tokenizer_dir, tmp_path, capsys):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / LOCK).write_text(json.dumps(_lock_record(1, host="elsewhere.example")))
-    rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir)])
-    one_line(capsys, rc, "another machine", "elsewhere.example", "--take-over-lock")
-
-
-def test_unreadable_lock_counts_as_stale(corpus, tokenizer_dir, tmp_path, capsys):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / LOCK).write_text("")
-    one_line(capsys, main(["pretrain", *run_flags(corpus, out, tokenizer_dir)]), "unreadable lock", "--take-over-lock")
-
-
 def test_two_writers_on_one_out(corpus, tokenizer_dir, tmp_path, capsys, one_thread):
     """A second run on the same --out is refused while the first runs (here: hangs at step 1), names the owner;
-    once the first is killed, its lock is stale and taken over only when asked."""
+    once the first is killed, the kernel has released its lock and the folder is free again."""
     out = tmp_path / "shared"
     log = tmp_path / "first.log"
     with open(log, "wb") as stderr:
@@ -443,15 +438,13 @@ def test_two_writers_on_one_out(corpus, tokenizer_dir, tmp_path, capsys, one_thr
             time.sleep(0.05)
         rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir)])
         one_line(capsys, rc, "in use by another gpt-scratch run", f"pid {first.pid}")
-        rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir), "--overwrite", "--take-over-lock"])
-        one_line(capsys, rc, "in use by another gpt-scratch run")  # neither flag breaks a live lock
+        rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir), "--overwrite"])
+        one_line(capsys, rc, "in use by another gpt-scratch run")  # --overwrite does not break a live lock
         assert (out / LOCK).is_file()
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-    rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir)])
-    one_line(capsys, rc, "no longer running", f"pid {first.pid}")
-    rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir, **{"--max-steps": 4}), "--take-over-lock"])
+    rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir, **{"--max-steps": 4})])
     assert rc == 0, capsys.readouterr().err
     assert json.loads((out / "metrics.json").read_text())["final"]["step"] == 4
 
@@ -811,16 +804,10 @@ def test_kill9_then_resume_is_byte_identical(fault, moment, finish, straight, co
     if fault.startswith("final-publish"):
         assert list(out.glob(".final-*")) and (out / "config.json").is_file()
 
-    # without --take-over-lock the dead run's lock is reported, and nothing changes
-    before = snapshot(out)
+    # the dead run's lock file stays, but the kernel released its lock: the same command with --resume continues
     rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir), *finish])
-    one_line(capsys, rc, "no longer running", "--take-over-lock")
-    assert snapshot(out) == before
-
-    rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir), *finish, "--take-over-lock"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert "took over the lock" in captured.err
     resumed_from = {"step:6": "step-4", "checkpoint-write:2": "step-4"}.get(fault, "step-12")
     if ckpts and not fault.startswith("checkpoint-write:1"):
         assert f"resumed from {out / 'checkpoints' / resumed_from}" in captured.out, moment
@@ -838,11 +825,11 @@ def test_kill9_during_a_resumed_run_then_resume_again(straight, corpus, tokenize
     """Killed twice (after the first checkpoint, then inside the resumed run's next checkpoint write): still exact."""
     out = tmp_path / "run"
     assert cli(["pretrain", *run_flags(corpus, out, tokenizer_dir)], fault="step:5").returncode == -signal.SIGKILL
-    proc = cli(["pretrain", *run_flags(corpus, out, tokenizer_dir), "--resume", "--take-over-lock"],
+    proc = cli(["pretrain", *run_flags(corpus, out, tokenizer_dir), "--resume"],
                fault="checkpoint-write:1")
     assert proc.returncode == -signal.SIGKILL
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [".tmp-step-8", "step-4"]
-    rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir), "--resume", "--take-over-lock"])
+    rc = main(["pretrain", *run_flags(corpus, out, tokenizer_dir), "--resume"])
     assert rc == 0, capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() == (straight / "model.safetensors").read_bytes()
     assert _losses(out) == _losses(straight)

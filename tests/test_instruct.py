@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from pipelines import cli
-from pipelines.data import read_instructions
-from pipelines.instruct import InstructConfig, extract_response, prepare_data, split_instructions
-from pipelines.prompts import format_alpaca
+from pipelines.data.instructions import read_instructions
+from pipelines.settings import InstructSettings
+from pipelines.decoding.prompts import extract_response
+from pipelines.commands.finetune_instruct import prepare_data, split_instructions
+from pipelines.data.instructions import format_alpaca
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +58,7 @@ def data_file(tmp_path_factory, records):
 def base_model(tmp_path_factory, records):
     """A randomly initialised tiny causal LM with a byte-level BPE tokenizer trained on the records."""
     from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
-    from pipelines.tokenization import train_bpe_tokenizer
+    from pipelines.runs.tokenizers import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer([format_alpaca(r, with_response=True) for r in records], vocab_size=400)
 
@@ -160,13 +162,13 @@ def test_run_folder_loads_with_chat_template_and_greedy_generation_config(finetu
 
 
 def test_mask_prompt_ignores_the_prompt_targets(base_model, records):
-    from pipelines.tokenization import load_tokenizer
+    from pipelines.runs.tokenizers import open_tokenizer
 
-    tokenizer = load_tokenizer(str(base_model))
+    tokenizer = open_tokenizer(str(base_model))
     splits = {"train": records[10:14], "val": records[:1], "test": []}
     outputs = {}
     for mask in (False, True):
-        cfg = InstructConfig(mask_prompt=mask)
+        cfg = InstructSettings(mask_prompt=mask)
         datasets, collate, _ = prepare_data(cfg, tokenizer, splits, max_length=128, log=lambda *_: None)
         items = datasets["train"]
         batch = collate(items)
@@ -190,10 +192,10 @@ def test_mask_prompt_ignores_the_prompt_targets(base_model, records):
 
 
 def test_max_length_cuts_sequences(base_model, records):
-    from pipelines.tokenization import load_tokenizer
+    from pipelines.runs.tokenizers import open_tokenizer
 
-    tokenizer = load_tokenizer(str(base_model))
-    cfg = InstructConfig()
+    tokenizer = open_tokenizer(str(base_model))
+    cfg = InstructSettings()
     datasets, collate, stats = prepare_data(
         cfg, tokenizer, {"train": records[10:20], "val": [], "test": []}, max_length=20, log=lambda *_: None
     )
@@ -205,7 +207,7 @@ def test_max_length_cuts_sequences(base_model, records):
     assert (targets[:, -1] != tokenizer.eos_token_id).all()
     # with --mask-prompt a record whose prompt alone fills the window has nothing to learn: it is left out
     datasets, _, stats = prepare_data(
-        InstructConfig(mask_prompt=True), tokenizer, {"train": records[10:20], "val": [], "test": []},
+        InstructSettings(mask_prompt=True), tokenizer, {"train": records[10:20], "val": [], "test": []},
         max_length=20, log=lambda *_: None,
     )
     assert datasets["train"] == [] and stats["dropped"] == 10

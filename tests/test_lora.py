@@ -65,12 +65,13 @@ def lora_run(base_dir, toy_tsv, tmp_path_factory):
 
 @pytest.mark.parametrize("rank, targets", [(1, TARGETS), (4, TARGETS), (8, ("qkv_proj",)), (2, ("fc_in", "fc_out"))])
 def test_classifier_trainable_count_is_exactly_the_lora_formula(base_dir, rank, targets):
-    from pipelines import lora
-    from pipelines.classify import ClassifyConfig, load_base_as_classifier
+    from pipelines.training import lora
+    from pipelines.settings import ClassifierSettings
+    from pipelines.runs.folders import load_base_as_classifier
 
     model = load_base_as_classifier(base_dir, ["ham", "spam"])
     base_weights = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = ClassifyConfig(lora_rank=rank, lora_targets=[",".join(targets)])
+    cfg = ClassifierSettings(lora_rank=rank, lora_targets=[",".join(targets)])
     peft_model = lora.add_adapters(model, cfg, "classifier")
     expected = expected_lora_count(base_config(base_dir), rank, targets, num_labels=2)
     assert lora.trainable_parameters(peft_model) == expected
@@ -89,11 +90,11 @@ def test_classifier_trainable_count_is_exactly_the_lora_formula(base_dir, rank, 
 
 def test_causal_trainable_count_is_exactly_the_lora_formula(instruct_base):
     from modeling_gpt_scratch import GPTScratchForCausalLM
-    from pipelines import lora
-    from pipelines.instruct import InstructConfig
+    from pipelines.training import lora
+    from pipelines.settings import InstructSettings
 
     model = GPTScratchForCausalLM.from_pretrained(instruct_base)
-    peft_model = lora.add_adapters(model, InstructConfig(lora_rank=3), "causal")
+    peft_model = lora.add_adapters(model, InstructSettings(lora_rank=3), "causal")
     assert lora.trainable_parameters(peft_model) == expected_lora_count(base_config(instruct_base), 3)
 
 
@@ -135,7 +136,7 @@ def test_adapter_reload_and_merged_model_agree(lora_run, base_dir):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from pipelines.classify import load_base_as_classifier
+    from pipelines.runs.folders import load_base_as_classifier
 
     base = load_base_as_classifier(base_dir, ["ham", "spam"])
     adapted = PeftModel.from_pretrained(base, str(lora_run)).eval()

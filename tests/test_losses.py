@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
-from pipelines.losses import (ChunkedCrossEntropy, LinearCrossEntropy, linear_cross_entropy, lm_loss,
-                              token_cross_entropy)
+from pipelines.training.losses import ChunkedCrossEntropy, LinearCrossEntropy, linear_cross_entropy, lm_loss, token_cross_entropy
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 4, 1000])

@@ -24,8 +24,8 @@ from modeling_gpt_scratch import (
     GPTScratchForCausalLM,
     GPTScratchForSequenceClassification,
 )
-from pipelines.convert import make_generation_config
-from pipelines.tokenization import train_bpe_tokenizer
+from pipelines.runs.folders import make_generation_config
+from pipelines.runs.tokenizers import train_bpe_tokenizer
 
 VOCAB = 128
 

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
-from pipelines import losses, precision
+from pipelines.training import losses, precision
 from pipelines.errors import UserError
-from pipelines.losses import LinearCrossEntropy, linear_cross_entropy, lm_loss
+from pipelines.training.losses import LinearCrossEntropy, linear_cross_entropy, lm_loss
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
 
@@ -129,7 +129,8 @@ def test_the_trainer_runs_cpu_bf16_and_records_it(tmp_path, monkeypatch):
     """``mixed_precision="auto"`` on a CPU with bf16: the step runs under bf16 autocast with the fused head (the
     model's forward not wrapped by Accelerate), the loss falls, the run records ``bf16``, and the saved model
     uses plain SDPA again.  On a CPU without it, ``auto`` is float32."""
-    from pipelines.train_loop import TrainConfig, Trainer
+    from pipelines.settings import TrainSettings
+    from pipelines.training.trainer import Trainer
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo=None: True)
     seen = []
@@ -143,7 +144,7 @@ def test_the_trainer_runs_cpu_bf16_and_records_it(tmp_path, monkeypatch):
     data = [{"input_ids": r[:-1], "shift_labels": r[1:]} for r in rows]
     collate = lambda items: {k: torch.stack([i[k] for i in items]) for k in items[0]}  # noqa: E731
     model = _tiny_model()
-    cfg = TrainConfig(batch_size=4, max_steps=12, learning_rate=3e-3, eval_every=0, log_every=4, checkpoint_every=0,
+    cfg = TrainSettings(batch_size=4, max_steps=12, learning_rate=3e-3, eval_every=0, log_every=4, checkpoint_every=0,
                       mixed_precision="auto", trackers=[])
     trainer = Trainer(model, cfg, tmp_path / "run", data, data[:4], collate_fn=collate, loss_fn=loss_fn)
     assert trainer.accelerator.mixed_precision == "no" and trainer.precision == "bf16"

@@ -37,7 +37,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory, corpus):
-    from pipelines.tokenization import train_bpe_tokenizer
+    from pipelines.runs.tokenizers import train_bpe_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
     texts = [p.read_text() for p in sorted(corpus.glob("*.txt"))]
@@ -133,8 +133,8 @@ def test_kill9_and_resume_is_bit_identical(corpus, tokenizer_dir, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "model.safetensors").exists(), "the killed run must not have finished"
 
-    # the killed run left its lock: taking the folder over is explicit (tests/test_faults.py covers the refusal)
-    proc = _run_cli(["pretrain", *flags(killed), "--resume", "--take-over-lock"])
+    # the killed run's lock went with it: --resume is the one flag needed (tests/test_faults.py covers a live owner)
+    proc = _run_cli(["pretrain", *flags(killed), "--resume"])
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     assert "resumed from" in output
@@ -254,7 +254,7 @@ def test_nan_loss_stops_with_last_good_checkpoint(corpus, tokenizer_dir, tmp_pat
 def test_pretrain_auto_precision_follows_the_cpu_and_the_card_says_what_ran(corpus, tmp_path, monkeypatch, has_bf16):
     """``--mixed-precision auto`` is bf16 on a CPU with native bf16 products and float32 elsewhere; the run records
     what it resolved to, the card shows that (not "auto"), and the saved model is a plain SDPA float32 folder."""
-    from pipelines import precision
+    from pipelines.training import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo=None: has_bf16)
     out = tmp_path / "run"

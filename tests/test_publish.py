@@ -80,7 +80,7 @@ print("RESULT " + json.dumps(result))
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    from pipelines.tokenization import train_bpe_tokenizer
+    from pipelines.runs.tokenizers import train_bpe_tokenizer
 
     fast = train_bpe_tokenizer(CORPUS, vocab_size=320, model_max_length=64)
     out = tmp_path_factory.mktemp("tokenizer")
@@ -237,7 +237,7 @@ def forbid_network(monkeypatch):
 
 def test_parameter_count_from_config_matches_the_model():
     from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM, GPTScratchForSequenceClassification
-    from pipelines.cards import count_parameters
+    from pipelines.runs.cards import count_parameters
 
     base = dict(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
     for extra, cls, kind in (
@@ -253,7 +253,7 @@ def test_parameter_count_from_config_matches_the_model():
 def test_cards_render_for_partial_folders(tmp_path):
     from huggingface_hub import ModelCard
 
-    from pipelines.cards import render_model_card, write_cards
+    from pipelines.runs.cards import render_model_card, write_cards
 
     folder = tmp_path / "bare"
     folder.mkdir()
@@ -272,7 +272,7 @@ def test_cards_render_for_partial_folders(tmp_path):
     assert card.data.base_model == "bob/gpt-base" and card.data.datasets is None  # a local path is no Hub id
     assert eval_set(card) == {("loss", "validation", 3.0)}  # the NaN is left out, not written as YAML nan
     assert "### Instruction:" in card.text and "instruction-tuned" in card.data.tags
-    from pipelines.prompts import format_alpaca
+    from pipelines.data.instructions import format_alpaca
 
     snippet = re.search(r"```python\n(.*?)\n```", card.text, re.S).group(1)
     namespace = {}
@@ -285,7 +285,7 @@ def test_cards_render_for_partial_folders(tmp_path):
 def test_cards_survive_garbage_metrics(tmp_path):
     from huggingface_hub import ModelCard
 
-    from pipelines.cards import write_cards
+    from pipelines.runs.cards import write_cards
 
     (tmp_path / "config.json").write_text(json.dumps({"vocab_size": "many", "hidden_size": None, "id2label": [1]}))
     (tmp_path / "metrics.json").write_text(json.dumps({
@@ -300,7 +300,7 @@ def test_cards_survive_garbage_metrics(tmp_path):
 
 
 def test_report_card(tmp_path, tokenizer_dir):
-    from pipelines.cards import write_report
+    from pipelines.runs.cards import write_report
 
     folder = build_run_folder(tmp_path / "run", tokenizer_dir)
     text = write_report(folder).read_text()
@@ -385,7 +385,7 @@ def test_dry_run_classifier(tmp_path, tokenizer_dir, capfd, monkeypatch, forbid_
     ],
 )
 def test_incomplete_folder_is_refused(tmp_path, tokenizer_dir, capfd, monkeypatch, forbid_network, remove, named):
-    import pipelines.publish as publish_module
+    import pipelines.commands.publish as publish_module
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setattr(publish_module.subprocess, "run", lambda *a, **k: pytest.fail("verification started"))
@@ -438,7 +438,7 @@ def test_no_token_is_refused(tmp_path, tokenizer_dir, capfd, monkeypatch, forbid
 
 
 def test_offline_mode_is_refused_before_any_work(tmp_path, tokenizer_dir, capfd, monkeypatch, forbid_network):
-    import pipelines.publish as publish_module
+    import pipelines.commands.publish as publish_module
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setattr(publish_module.subprocess, "run", lambda *a, **k: pytest.fail("verification started"))
@@ -489,7 +489,7 @@ def test_upload_sends_exactly_the_listed_files(tmp_path, tokenizer_dir, capfd, m
     token, _, kwargs = calls["upload_folder"]
     assert token == TOKEN and Path(kwargs["folder_path"]) == folder
     assert kwargs["revision"] == "dev" and kwargs["commit_message"] == "first upload"
-    from pipelines.publish import files_to_upload
+    from pipelines.commands.publish import files_to_upload
 
     assert sorted(kwargs["allow_patterns"]) == files_to_upload(folder)
     assert "published:" in out and TOKEN not in out + err
@@ -570,12 +570,13 @@ def build_adapter_folder(path: Path, base: Path, kind: str = "classifier") -> Pa
     import torch
     from transformers import AutoTokenizer
 
-    from pipelines import lora
-    from pipelines.classify import ClassifyConfig, load_base_as_classifier
+    from pipelines.training import lora
+    from pipelines.settings import ClassifierSettings
+    from pipelines.runs.folders import load_base_as_classifier
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    cfg = ClassifyConfig(lora_rank=2)
+    cfg = ClassifierSettings(lora_rank=2)
     if kind == "classifier":
         model = load_base_as_classifier(base, ["ham", "spam"])
         metrics = {"final": {**CLASSIFIER_FINAL, "trainable_parameters": 1234}, "labels": ["ham", "spam"]}
@@ -686,7 +687,7 @@ def test_upload_of_an_adapter_sends_a_copy_naming_the_hub_base(tmp_path, tokeniz
     assert sent["root"] != folder and not sent["root"].exists()  # a staged copy, removed afterwards
     assert sent["config"]["base_model_name_or_path"] == "alice/gpt-tiny-base"
     assert sent["config"]["r"] == 2 and sent["config"]["task_type"] == "SEQ_CLS"
-    from pipelines.publish import files_to_upload
+    from pipelines.commands.publish import files_to_upload
 
     assert sent["patterns"] == files_to_upload(folder)
     assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base.resolve())
@@ -694,7 +695,7 @@ def test_upload_of_an_adapter_sends_a_copy_naming_the_hub_base(tmp_path, tokeniz
 
 
 def test_adapter_refusals(tmp_path, tokenizer_dir, capfd, monkeypatch, forbid_network):
-    import pipelines.publish as publish_module
+    import pipelines.commands.publish as publish_module
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setattr(publish_module.subprocess, "run", lambda *a, **k: pytest.fail("verification started"))

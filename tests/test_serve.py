@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.serve import make_server, server_url
+from pipelines.serving.app import make_server, server_url
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -43,7 +43,7 @@ def model_dir(tmp_path_factory):
     import torch
 
     from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
-    from pipelines.tokenization import train_bpe_tokenizer
+    from pipelines.runs.tokenizers import train_bpe_tokenizer
 
     eos = "<|endoftext|>"
     tokenizer = train_bpe_tokenizer(["The quick brown fox jumps over the lazy dog. Hello there, how are you?"] * 20, 320)
@@ -120,10 +120,10 @@ def assert_error(status, body, expected):
 
 
 def test_concurrent_streams_are_batched_and_each_matches_its_greedy_answer(model_dir):
-    from pipelines.engine import Engine
-    from pipelines.generate import load_model
+    from pipelines.decoding.engine import Engine
+    from pipelines.runs.folders import open_model
 
-    model, tokenizer = load_model(model_dir, device="cpu")
+    model, tokenizer = open_model(model_dir, device="cpu")
     engine = Engine(model, tokenizer)
     lengths = [10 + 2 * i for i in range(len(PROMPTS))]  # rows leave the batch at different steps
     alone = [engine.run([engine.request(p, max_new_tokens=n, temperature=0.0)])[0] for p, n in zip(PROMPTS, lengths)]

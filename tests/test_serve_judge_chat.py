@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.engine import cut_at_stop_strings, decode_incrementally, trim_whitespace
-from pipelines.judge import parse_score
-from pipelines.prompts import ALPACA_CHAT_TEMPLATE, format_alpaca, render_transcript
+from pipelines.decoding.engine import cut_at_stop_strings, decode_incrementally, trim_whitespace
+from pipelines.evals.judge import parse_score
+from pipelines.data.instructions import ALPACA_CHAT_TEMPLATE, format_alpaca
+from pipelines.decoding.prompts import render_transcript
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM = "Chat."
@@ -67,7 +68,7 @@ def _cli(*args, stdin=None, timeout=240):
 def tiny_models(tmp_path_factory):
     import torch
     from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
-    from pipelines.tokenization import train_bpe_tokenizer
+    from pipelines.runs.tokenizers import train_bpe_tokenizer
 
     eos = "<|endoftext|>"
     sentences = [TRANSCRIPT, format_alpaca(RECORD_WITH_INPUT, with_response=True), "The quick brown fox jumps."] * 4
@@ -267,13 +268,13 @@ def test_chat_base_model_stops_at_the_next_user_turn(tiny_models):
 def test_chat_instruct_model_in_process_ends_on_exit(tiny_models, monkeypatch, capsys):
     import argparse
 
-    from pipelines import chat
+    from pipelines.commands import chat
 
     parser = argparse.ArgumentParser()
-    chat.add_chat_arguments(parser)
+    chat.add_arguments(parser)
     args = parser.parse_args(["--model", str(tiny_models["instruct"]), "--temperature", "0", "--max-new-tokens", "6"])
     monkeypatch.setattr(sys, "stdin", io.StringIO("Name a primary color.\n\n/exit\nnot read\n"))
-    assert chat.chat_main(args) == 0
+    assert chat.run(args) == 0
     out = capsys.readouterr()
     assert out.out.count("Bot: ") == 1
     assert "instruct model" in out.err
@@ -417,7 +418,7 @@ def test_judge_against_the_served_model(served, tmp_path):
 
 
 def test_serve_instruct_model_uses_the_chat_template(tiny_models, tokenizer):
-    from pipelines.serve import make_server, server_url
+    from pipelines.serving.app import make_server, server_url
 
     server = make_server(tiny_models["instruct"], "127.0.0.1", 0, max_new_tokens=3)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -7,13 +7,8 @@ import random
 import pytest
 from transformers import AutoTokenizer
 
-from pipelines.tokenization import (
-    EOS_TOKEN,
-    add_train_tokenizer_arguments,
-    load_tokenizer,
-    train_bpe_tokenizer,
-    train_tokenizer_main,
-)
+from pipelines.commands import train_tokenizer
+from pipelines.runs.tokenizers import EOS_TOKEN, open_tokenizer, train_bpe_tokenizer
 from pipelines.errors import UserError
 
 CORPUS = [
@@ -102,18 +97,18 @@ def test_cli_and_load_tokenizer(tmp_path, capsys):
     data.mkdir()
     for i, text in enumerate(CORPUS[:5]):
         (data / f"doc{i}.txt").write_text(text * 20, encoding="utf-8")
-    parser = add_train_tokenizer_arguments(argparse.ArgumentParser())
+    parser = train_tokenizer.add_arguments(argparse.ArgumentParser())
     out = tmp_path / "out"
-    train_tokenizer_main(parser.parse_args(["--data", str(data), "--vocab-size", "300", "--out", str(out)]))
+    train_tokenizer.run(parser.parse_args(["--data", str(data), "--vocab-size", "300", "--out", str(out)]))
     assert "300 tokens" in capsys.readouterr().out
-    tok = load_tokenizer(str(out))
+    tok = open_tokenizer(str(out))
     assert len(tok) == 300 and tok.pad_token == EOS_TOKEN
     # an existing output folder is kept unless --overwrite
     with pytest.raises(UserError, match="--overwrite"):
-        train_tokenizer_main(parser.parse_args(["--data", str(data), "--vocab-size", "300", "--out", str(out)]))
-    train_tokenizer_main(parser.parse_args(["--data", str(data), "--vocab-size", "280", "--out", str(out),
+        train_tokenizer.run(parser.parse_args(["--data", str(data), "--vocab-size", "300", "--out", str(out)]))
+    train_tokenizer.run(parser.parse_args(["--data", str(data), "--vocab-size", "280", "--out", str(out),
                                             "--overwrite"]))
-    assert len(load_tokenizer(str(out))) == 280
+    assert len(open_tokenizer(str(out))) == 280
 
 
 def test_user_errors(tmp_path):
@@ -122,7 +117,7 @@ def test_user_errors(tmp_path):
     with pytest.raises(UserError, match="no text"):
         train_bpe_tokenizer([], 300)
     with pytest.raises(UserError, match="has no tokenizer"):
-        load_tokenizer(str(tmp_path))
+        open_tokenizer(str(tmp_path))
     # a Hub id while offline (tests run with HF_HUB_OFFLINE=1)
     with pytest.raises(UserError, match="needs the network"):
-        load_tokenizer("gpt-scratch-tests/no-such-tokenizer")
+        open_tokenizer("gpt-scratch-tests/no-such-tokenizer")

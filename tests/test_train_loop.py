@@ -8,8 +8,9 @@ import torch
 
 from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
 from pipelines.errors import UserError
-from pipelines.losses import lm_loss
-from pipelines.train_loop import TrainConfig, Trainer
+from pipelines.training.losses import lm_loss
+from pipelines.settings import TrainSettings
+from pipelines.training.trainer import Trainer
 
 CONTEXT = 8
 
@@ -25,7 +26,7 @@ def make_trainer(tmp_path, n_train=20, val=None, **settings):
     model = GPTScratchForCausalLM(GPTScratchConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
                                                    num_attention_heads=2, max_position_embeddings=CONTEXT))
     hook = settings.pop("on_eval", None)
-    cfg = TrainConfig(**{"mixed_precision": "no", "batch_size": 2, "log_every": 1, **settings})
+    cfg = TrainSettings(**{"mixed_precision": "no", "batch_size": 2, "log_every": 1, **settings})
     return Trainer(model, cfg, tmp_path / "run", windows(n_train), val, collate_fn=torch.utils.data.default_collate,
                    loss_fn=lm_loss, tokens_per_example=CONTEXT, on_eval=hook, log_fn=lambda _msg: None)
 

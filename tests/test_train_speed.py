@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM, GPTScratchForSequenceClassification
-from pipelines import throughput
+from pipelines.training import trainer as throughput
 from pipelines.cli import main
 from tests.test_pretrain import tiny_flags, write_corpus
 
@@ -109,7 +109,8 @@ def peer_and_ours(seed=0):
     """transformers' GPT2LMHeadModel and ours with the same weights (through the converter), dropout off."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from pipelines.convert import build_model, config_from_hf_gpt2, map_hf_gpt2_state_dict
+    from pipelines.formats.weights import build_model
+    from pipelines.formats.hf_gpt2 import config_from_hf_gpt2, map_hf_gpt2_state_dict
 
     torch.manual_seed(seed)
     hf = GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,

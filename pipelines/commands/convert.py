@@ -4,7 +4,9 @@
 * ``--from book --src FILE.pth --out DIR [--config PRESET_OR_JSON]``: the book's ``GPTModel`` state dict
   (``pipelines.formats.book``);
 * ``--to hf-gpt2 --src RUN_DIR --out DIR``: a plain transformers GPT-2 folder, no remote code
-  (``pipelines.formats.gpt2_export``).
+  (``pipelines.formats.gpt2_export``);
+* ``--to gguf --src RUN_DIR --out FILE.gguf [--outtype f32|f16|q8_0]``: one GGUF file for llama.cpp, Ollama and
+  LM Studio (``pipelines.formats.gguf``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from modeling_gpt_scratch.configuration_gpt_scratch import PRESETS
 
 from ..errors import UserError
 from ..formats.book import convert_book
+from ..formats.gguf import OUTTYPES, export_gguf
 from ..formats.gpt2_export import export_hf_gpt2
 from ..formats.hf_gpt2 import convert_hf_gpt2
 from ..runs.folders import quiet_hf
 
 
-def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags of ``gpt-scratch convert``: ``--from FORMAT`` imports into gpt-scratch, ``--to FORMAT`` exports from it."""
     parser.description = (
         "Import weights into a gpt-scratch folder (--from hf-gpt2: a Hugging Face gpt2 checkpoint such as "
@@ -41,16 +44,24 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "dict",
     )
     parser.add_argument(
-        "--to", dest="target_format", default=None, choices=["hf-gpt2"],
+        "--to", dest="target_format", default=None, choices=["hf-gpt2", "gguf"],
         help="export: hf-gpt2 = a plain transformers gpt2 folder (config.json with model_type gpt2, "
-        "model.safetensors, tokenizer, generation_config.json) from the gpt-scratch folder --src",
+        "model.safetensors, tokenizer, generation_config.json) from the gpt-scratch folder --src; gguf = one GGUF "
+        "file for llama.cpp (Ollama, LM Studio) from the causal LM folder --src",
     )
     parser.add_argument(
         "--src", required=True,
         help="--from hf-gpt2: checkpoint folder / Hub id; --from book: .pth/.safetensors file; --to hf-gpt2: a "
         "gpt-scratch model folder (a run folder)",
     )
-    parser.add_argument("--out", required=True, help="output folder (a loadable model folder)")
+    parser.add_argument(
+        "--out", required=True, help="output folder (a loadable model folder); --to gguf: the .gguf file to write"
+    )
+    parser.add_argument(
+        "--outtype", default=None, choices=list(OUTTYPES),
+        help="--to gguf only: how the weight matrices are stored (default f16; q8_0 = 8-bit blocks, about half the "
+        "size of f16); norms, biases and position embeddings stay f32",
+    )
     parser.add_argument(
         "--config", default=None,
         help=f"--from book only: a preset ({', '.join(PRESETS)}) or a JSON file with the book's cfg dict; "
@@ -66,7 +77,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     return parser
 
 
-def convert_main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``gpt-scratch convert``; prints the output folder and returns the exit code."""
     source_format = getattr(args, "source_format", None)
     target_format = getattr(args, "target_format", None)
@@ -76,12 +87,21 @@ def convert_main(args: argparse.Namespace) -> int:
             "--to exports from it; give one"
         )
     if source_format is None and target_format is None:
-        raise UserError("give --from hf-gpt2|book (import into gpt-scratch) or --to hf-gpt2 (export to plain gpt2)")
+        raise UserError(
+            "give --from hf-gpt2|book (import into gpt-scratch) or --to hf-gpt2|gguf (export to plain gpt2 or GGUF)"
+        )
     if getattr(args, "config", None) is not None and source_format != "book":
-        what = "--to hf-gpt2 reads the config of --src" if target_format else "an hf-gpt2 checkpoint brings its own"
+        what = f"--to {target_format} reads the config of --src" if target_format else "an hf-gpt2 checkpoint brings its own"
         raise UserError(f"--config applies only to --from book: {what} config.json")
-    if getattr(args, "fold_score_bias", False) and target_format is None:
+    if getattr(args, "fold_score_bias", False) and target_format != "hf-gpt2":
         raise UserError("--fold-score-bias applies only to --to hf-gpt2 (exporting a classifier)")
+    if getattr(args, "outtype", None) is not None and target_format != "gguf":
+        raise UserError("--outtype applies only to --to gguf (how the GGUF file stores its weights)")
+    if target_format == "gguf":
+        with quiet_hf():
+            written = export_gguf(args.src, args.out, args.outtype or "f16", overwrite=args.overwrite)
+        print(written.summary(args.src), file=sys.stdout)
+        return 0
     with quiet_hf():
         if target_format == "hf-gpt2":
             result = export_hf_gpt2(

@@ -13,7 +13,7 @@ from ..evals.judge import JudgeClient, default_out_path, load_responses, score_r
 from ..fs import atomic_write_json
 
 
-def add_judge_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--responses", required=True, help="JSON list of records with instruction, input, output, "
                         "model_response (as written by `gpt-scratch respond`)")
     parser.add_argument("--judge-url", required=True, help="judge server, e.g. http://localhost:11434 (Ollama) or "
@@ -30,7 +30,7 @@ def add_judge_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def judge_main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise UserError(f"--timeout {args.timeout:g} must be positive (seconds)")
     if args.retries < 0:

@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..serving.app import make_server, server_url
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="model folder (e.g. the --out of pretrain or finetune-instruct)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                         "only; 0.0.0.0 exposes the server to the network, use it with --api-key)")
@@ -38,7 +38,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def serve_main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise UserError(f"--threads {args.threads} must be 0 (torch's choice) or a positive count")
     if args.threads:

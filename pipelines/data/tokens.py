@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import array
-import functools
 import hashlib
 import itertools
 import json
@@ -418,13 +417,27 @@ def tiktoken_encoding(tokenizer):
 
 def encoder(tokenizer) -> Callable[[list[str]], list[list[int]]]:
     """``encode_batch(texts) -> ids per text``, the tokenizer's ids without added special tokens: tiktoken on all
-    cores (its Rust core releases the GIL) where :func:`tiktoken_encoding` allows it, else ``tokenizers``."""
-    encoding = tiktoken_encoding(tokenizer)
-    if encoding is not None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return functools.partial(encoding.encode_batch, num_threads=threads, allowed_special="all")
+    cores (its Rust core releases the GIL) where :func:`tiktoken_encoding` allows it, else ``tokenizers``.  A text
+    that is not valid Unicode (a lone surrogate) goes to ``tokenizers``, which refuses it as it always has."""
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
-    return lambda texts: [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+
+    def by_tokenizers(texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+
+    encoding = tiktoken_encoding(tokenizer)
+    if encoding is None:
+        return by_tokenizers
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    def by_tiktoken(texts: list[str]) -> list[list[int]]:
+        try:
+            for text in texts:
+                text.encode("utf-8")  # tiktoken would replace a lone surrogate where tokenizers refuses it
+        except (UnicodeEncodeError, AttributeError):
+            return by_tokenizers(texts)
+        return encoding.encode_batch(texts, num_threads=threads, allowed_special="all")
+
+    return by_tiktoken
 
 
 def _as_tokens(tokens):

@@ -233,7 +233,7 @@ def wrong_kind(folder, kind: str, accept, flag: str = "--model", config: dict | 
     if kind == "other" and config is not None:
         names = ", ".join(map(str, config.get("architectures") or [])) or f"model_type {config.get('model_type')!r}"
         what = f"{names}, {what}"
-    return UserError(f"{flag} {folder} is {what}, but this workflow needs {wanted}: {KIND_HINTS[kind]}")
+    return UserError(f"{flag} {folder} is {what}, not {wanted}: {KIND_HINTS[kind]}")
 
 
 def weights_error(folder, exc: BaseException, flag: str = "--model", file=None) -> UserError:
@@ -399,9 +399,9 @@ def load_adapter(folder, kind: str, flag: str = "--model", merged: bool = True):
             "was trained on"
         ) from None
     if merged:
-        model = merge(model)
+        model = model.merge_and_unload()  # plain weights: as fast as the base
     tokenizer = open_tokenizer(folder)
-    inner = inner_model(model)
+    inner = model if merged else model.get_base_model()
     if tokenizer.pad_token_id is not None:
         inner.config.pad_token_id = tokenizer.pad_token_id
     if kind == FolderKind.CAUSAL_LM and (folder / "generation_config.json").is_file():
@@ -495,7 +495,8 @@ def open_model(spec, accept=(FolderKind.CAUSAL_LM,), *, flag: str = "--model", d
     through ``trust_remote_code`` (the fine-tunes train the package's class).  The tokenizer pads with end-of-text."""
     folder = check_model_folder(spec, flag=flag, accept=tuple(accept))
     if is_adapter_folder(folder):
-        model, tokenizer = load_adapter(folder, task_kind(folder), flag=flag, merged=merged)
+        wanted = next(k for k in accept if k != FolderKind.ADAPTER)  # what the base with the adapter must be
+        model, tokenizer = load_adapter(folder, wanted, flag=flag, merged=merged)
     else:
         tokenizer = open_tokenizer(folder)
         if cls is None:

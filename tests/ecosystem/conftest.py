@@ -139,7 +139,9 @@ def run_client(env: envs.ClientEnv, script: str, spec: dict, workdir: Path, time
         )
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"{script} in the {env.name} venv ran past {timeout}s\n{_tail(err.stdout)}\n{_tail(err.stderr)}")
-    RUN_TIMES[f"{env.name}:{script}"] = time.perf_counter() - start
+    key = f"{env.name}:{script}"
+    key = key if key not in RUN_TIMES else f"{key} ({workdir.name})"  # a script run twice keeps both times
+    RUN_TIMES[key] = time.perf_counter() - start
     (workdir / "stdout.txt").write_text(proc.stdout)
     (workdir / "stderr.txt").write_text(proc.stderr)
     if not out_path.is_file():

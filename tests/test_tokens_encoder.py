@@ -1,4 +1,7 @@
-"""The C byte-level BPE (pipelines._bpe via pipelines.fast_bpe) gives exactly the ids of the `tokenizers` library."""
+"""The pretraining encoder (``pipelines.data.tokens.encoder``: tiktoken built from the run's own vocabulary and
+merges) gives exactly the ids of the ``tokenizers`` library: on real text, crafted strings (every whitespace code
+point, contractions, numbers of many scripts, combining marks, emoji, long runs), a seeded fuzz, added tokens, and
+through the shard pipeline."""
 
 from __future__ import annotations
 
@@ -9,14 +12,16 @@ import unicodedata
 import numpy as np
 import pytest
 
-from pipelines import data, fast_bpe
-from pipelines.fast_bpe import WHITESPACE, FastBPE
-
-pytestmark = pytest.mark.skipif(
-    fast_bpe._bpe is None, reason=f"the C extension pipelines._bpe is not built ({fast_bpe._IMPORT_ERROR})"
+from pipelines.data.sources import iter_documents
+from pipelines.data.tokens import (
+    build_token_shards, byte_to_unicode, encoder, get_or_build_token_shards, load_meta, load_tokens, tiktoken_encoding,
 )
+from pipelines.runs.tokenizers import train_bpe_tokenizer
 
-# every code point that might be whitespace to Oniguruma, and the ones that are not
+# code points that \s matches in GPT-2's pattern (Unicode White_Space), and neighbours that it does not
+WHITESPACE = frozenset(
+    [*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
+)
 SPACE_CANDIDATES = sorted(WHITESPACE | {0x1C, 0x1D, 0x1E, 0x1F, 0x180E, 0x200B, 0x2060, 0xFEFF})
 
 
@@ -28,16 +33,13 @@ def pydoc_texts() -> list[str]:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from pipelines.tokenization import train_bpe_tokenizer
-
     return train_bpe_tokenizer(pydoc_texts(), 3000)
 
 
 @pytest.fixture(scope="module")
 def fast(tokenizer):
-    enc = FastBPE.from_tokenizer(tokenizer)
-    assert enc is not None
-    return enc
+    assert tiktoken_encoding(tokenizer) is not None, "tiktoken must take the project's own byte-level BPE"
+    return encoder(tokenizer)
 
 
 def reference(tokenizer, texts):
@@ -46,18 +48,10 @@ def reference(tokenizer, texts):
 
 def assert_same(fast, tokenizer, texts):
     texts = list(texts)
-    mine = fast.encode_batch(texts)
+    mine = fast(texts)
     assert len(mine) == len(texts)
     for text, ours, theirs in zip(texts, mine, reference(tokenizer, texts)):
-        assert isinstance(ours, np.ndarray) and ours.dtype == np.uint32
-        assert ours.tolist() == theirs, f"ids differ for {text[:200]!r}"
-
-
-def reference_ends(text: str) -> list[int]:
-    from tokenizers import pre_tokenizers
-
-    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    return [end for _, (_, end) in pre.pre_tokenize_str(text)]
+        assert list(ours) == theirs, f"ids differ for {text[:200]!r}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -67,7 +61,6 @@ def reference_ends(text: str) -> list[int]:
 def test_pydoc_texts(fast, tokenizer):
     texts = pydoc_texts()
     assert_same(fast, tokenizer, texts)
-    # several threads on one call, long documents cut into work items (> 64K code points)
     assert_same(fast, tokenizer, ["\n\n".join(texts[:400]), "".join(texts[400:]), *texts[:30]])
 
 
@@ -84,6 +77,19 @@ def test_shared_data(fast, tokenizer, shared_data):
         texts += [raw, *raw.splitlines()]
     assert len(texts) > 3
     assert_same(fast, tokenizer, texts)
+
+
+def test_gpt2_vocabulary(shared_data):
+    """OpenAI's own vocabulary and merges (vocab.json + merges.txt) encode alike too."""
+    from transformers import GPT2TokenizerFast
+
+    folder = shared_data / "gpt2-tokenizer"
+    if not (folder / "vocab.json").is_file():
+        pytest.skip(f"{folder} holds no vocab.json")
+    gpt2 = GPT2TokenizerFast.from_pretrained(str(folder))  # vocab.json + merges.txt
+    assert tiktoken_encoding(gpt2) is not None
+    texts = [*pydoc_texts()[:100], *crafted()[:400]]
+    assert_same(encoder(gpt2), gpt2, texts)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -113,49 +119,22 @@ def crafted() -> list[str]:
 def test_crafted_strings(fast, tokenizer):
     texts = crafted()
     assert_same(fast, tokenizer, texts)
-    assert_same(fast, tokenizer, texts[::-1])  # again, with warm piece caches
+    assert_same(fast, tokenizer, texts[::-1])
 
 
-def test_crafted_splits(fast):
-    for text in crafted():
-        ends = fast.encoder.split(text)
-        if ends is None:  # the document would go to the reference tokenizer
-            unsure = any(ord(c) >= 0x40000 or unicodedata.category(c) in ("Cn", "Cs") for c in text)
-            assert unsure or len(text.encode("utf-8")) > fast_bpe._bpe.PIECE_LIMIT
-            continue
-        assert ends == reference_ends(text), repr(text[:100])
-
-
-def test_long_pieces_go_to_the_reference(fast):
-    limit = fast_bpe._bpe.PIECE_LIMIT
-    ids, lengths = fast.encoder.encode(["a" * (limit + 1), "a" * limit, " " * (limit + 5) + "x", "é" * (limit // 2 + 1)])
-    assert np.frombuffer(lengths, dtype=np.int64).tolist()[0] == -1
-    assert np.frombuffer(lengths, dtype=np.int64).tolist()[1] > 0
-    assert np.frombuffer(lengths, dtype=np.int64).tolist()[2:] == [-1, -1]
-
-
-def test_code_point_classes_match_the_reference(fast):
-    """Every assigned code point below U+3400, and a stride of the others, splits as in `tokenizers`."""
+def test_code_point_classes_match_the_reference(fast, tokenizer):
+    """Every assigned code point below U+3400, and a stride of the others, encodes as in `tokenizers` next to
+    letters, digits, punctuation and spaces."""
     candidates = [*range(0x3400), *range(0x3400, 0x40000, 7), *range(0xE0000, 0xE0080), *range(0xE0100, 0xE01F0)]
     cps = [c for c in candidates if unicodedata.category(chr(c)) not in ("Cn", "Cs")]
     assert len(cps) > 30000
-    probe = "".join("a{0}1{0}.{0} {0}  {0}a\n".format(chr(c)) for c in cps)
-    ends = fast.encoder.split(probe)
-    assert ends is not None
-    if ends != reference_ends(probe):
-        bad = [hex(c) for c in cps if fast.encoder.split("a{0}1{0}.{0} {0}  {0}a\n".format(chr(c))) !=
-               reference_ends("a{0}1{0}.{0} {0}  {0}a\n".format(chr(c)))]
-        pytest.fail(f"code points classed differently from tokenizers: {bad[:20]}")
+    probes = ["".join("a{0}1{0}.{0} {0}  {0}a\n".format(chr(c)) for c in cps[i : i + 500]) for i in range(0, len(cps), 500)]
+    assert_same(fast, tokenizer, probes)
 
 
-def test_unassigned_code_points_go_to_the_reference(fast, tokenizer):
+def test_unassigned_code_points(fast, tokenizer):
     unassigned = next(c for c in range(0x300, 0x10000) if unicodedata.category(chr(c)) == "Cn")
-    texts = [f"abc {chr(unassigned)} def", "plain text", "\U00040000 plane 4"]
-    _, lengths = fast.encoder.encode(texts)
-    assert np.frombuffer(lengths, dtype=np.int64).tolist()[0] == -1
-    assert np.frombuffer(lengths, dtype=np.int64).tolist()[1] > 0
-    assert np.frombuffer(lengths, dtype=np.int64).tolist()[2] == -1
-    assert_same(fast, tokenizer, texts)
+    assert_same(fast, tokenizer, [f"abc {chr(unassigned)} def", "plain text", "\U00040000 plane 4"])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -186,12 +165,7 @@ def test_fuzz_ids(fast, tokenizer):
     assert_same(fast, tokenizer, [" ".join(texts[i : i + 50]) for i in range(0, len(texts), 50)])
 
 
-def test_fuzz_splits(fast):
-    for text in fuzz_texts(3000, seed=1):
-        assert fast.encoder.split(text) == reference_ends(text), repr(text)
-
-
-def test_many_distinct_pieces_overflow_the_cache(fast, tokenizer):
+def test_many_distinct_pieces(fast, tokenizer):
     rng = random.Random(2)
     words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 12))) for _ in range(60000)]
     assert_same(fast, tokenizer, [" ".join(words[i : i + 1000]) for i in range(0, len(words), 1000)])
@@ -204,7 +178,7 @@ def test_many_distinct_pieces_overflow_the_cache(fast, tokenizer):
 def test_added_token_text(fast, tokenizer):
     texts = ["a<|endoftext|>b", "<|endoftext|>", "x <|endoftext|> y<|endoftext|>", "<|endoftext", "plain"]
     assert_same(fast, tokenizer, texts)
-    assert fast.encode_batch(["<|endoftext|>"])[0].tolist() == [tokenizer.eos_token_id]
+    assert list(fast(["<|endoftext|>"])[0]) == [tokenizer.eos_token_id]
 
 
 def test_lone_surrogate_same_error(fast, tokenizer):
@@ -212,34 +186,20 @@ def test_lone_surrogate_same_error(fast, tokenizer):
     with pytest.raises(Exception) as theirs:
         reference(tokenizer, texts)
     with pytest.raises(type(theirs.value)):
-        fast.encode_batch(texts)
-    _, lengths = fast.encoder.encode(["x\udfffy"])
-    assert np.frombuffer(lengths, dtype=np.int64).tolist() == [-1]
+        fast(texts)
 
 
 def test_empty_inputs(fast, tokenizer):
-    assert fast.encode_batch([]) == []
-    out = fast.encode_batch(["", "", "a", ""])
-    assert [a.tolist() for a in out] == reference(tokenizer, ["", "", "a", ""])
-    ids, lengths = fast.encoder.encode([])
-    assert ids == b"" and lengths == b""
-    with pytest.raises(TypeError):
-        fast.encoder.encode(["ok", b"bytes"])
+    assert fast([]) == []
+    assert [list(a) for a in fast(["", "", "a", ""])] == reference(tokenizer, ["", "", "a", ""])
 
 
-def test_many_threads(tokenizer):
-    enc = FastBPE.from_tokenizer(tokenizer, num_threads=5)
-    assert enc is not None and enc.num_threads == 5
-    texts = pydoc_texts()[:200] + fuzz_texts(300, seed=3)
-    assert_same(enc, tokenizer, texts)
-
-
-def test_large_ids(tmp_path):
+def test_large_ids():
     """Ids above 2**16: a byte-level BPE whose ids start high."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    chars = fast_bpe.byte_to_unicode()
+    chars = byte_to_unicode()
     vocab = {chars[b]: 70000 + b for b in range(256)}
     merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("in", "g")]
     for i, (a, b) in enumerate(merges):
@@ -248,87 +208,80 @@ def test_large_ids(tmp_path):
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(tokenizer_object=backend)
-    enc = FastBPE.from_tokenizer(tok)
-    assert enc is not None
+    assert tiktoken_encoding(tok) is not None
     texts = ["the thing is singing", "thethe ing", "ÿ\x00"]
-    got = enc.encode_batch(texts)
-    assert [g.tolist() for g in got] == reference(tok, texts)
-    assert max(int(g.max()) for g in got) >= 100000
+    got = encoder(tok)(texts)
+    assert [list(g) for g in got] == reference(tok, texts)
+    assert max(max(g) for g in got) >= 100000
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# (e) tokenizers the C code does not reproduce
+# (e) tokenizers tiktoken does not reproduce: the tokenizer itself encodes
 
 
-def test_refuses_other_tokenizers(tokenizer):
+def test_other_tokenizers_use_tokenizers(tokenizer):
     from tokenizers import Tokenizer, normalizers, pre_tokenizers
 
     with_normalizer = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     with_normalizer.normalizer = normalizers.NFKC()
-    assert FastBPE.from_tokenizer(with_normalizer) is None
-
     whitespace = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     whitespace.pre_tokenizer = pre_tokenizers.Whitespace()
-    assert FastBPE.from_tokenizer(whitespace) is None
-
     prefix = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     prefix.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    assert FastBPE.from_tokenizer(prefix) is None
-
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     spec["model"]["dropout"] = 0.5
-    assert FastBPE.from_tokenizer(Tokenizer.from_str(json.dumps(spec))) is None
+    dropout = Tokenizer.from_str(json.dumps(spec))
+    for other in (with_normalizer, whitespace, prefix, dropout):
+        assert tiktoken_encoding(other) is None
+    texts = ["Ünïcödé ﬁ  two  spaces", "plain words"]
+    for other in (with_normalizer, whitespace, prefix):
+        assert encoder(other)(texts) == [e.ids for e in other.encode_batch(texts, add_special_tokens=False)]
+    # and the plain backend itself is taken
+    assert tiktoken_encoding(Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())) is not None
 
-    truncating = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    truncating.enable_truncation(8)
-    assert FastBPE.from_tokenizer(truncating) is None
 
-    # and the plain backend itself is accepted
-    assert FastBPE.from_tokenizer(Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())) is not None
+def test_merge_order_that_is_not_the_id_order_is_refused():
+    """tiktoken's ranks are the token ids: a vocabulary whose ids do not follow its merges is not reproduced."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
-
-def test_refuses_without_extension(tokenizer, monkeypatch):
-    monkeypatch.setattr(fast_bpe, "_bpe", None)
-    assert FastBPE.from_tokenizer(tokenizer) is None
+    chars = byte_to_unicode()
+    vocab = {chars[b]: b for b in range(256)}
+    vocab.update({"ab": 257, "bc": 256, "abc": 258})  # the merge (b, c) comes second but has the lower id
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[("a", "b"), ("b", "c"), ("ab", "c")]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend)
+    texts = ["abc abcabc bca"]
+    assert encoder(tok)(texts) == reference(tok, texts)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # (f) the shard pipeline
 
 
-def test_shards_identical_with_and_without_fast_encoder(tokenizer, tmp_path, monkeypatch):
+def test_shards_identical_with_and_without_tiktoken(tokenizer, tmp_path, monkeypatch):
+    from pipelines.data import tokens
+
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     texts = pydoc_texts()[:60] + ["has <|endoftext|> inside", "x" * 5000 + " long piece", "naïve 🙂 ٣"]
     texts += [" ".join(fuzz_texts(40, seed=4))]
     for i, text in enumerate(texts):
         (corpus / f"doc_{i:03d}.txt").write_text(text, encoding="utf-8")
+    fast_dir = get_or_build_token_shards(str(corpus), tokenizer, tmp_path / "fast", shard_tokens=5000)
+    monkeypatch.setattr(tokens, "tiktoken_encoding", lambda tok: None)
+    slow_dir = get_or_build_token_shards(str(corpus), tokenizer, tmp_path / "slow", shard_tokens=5000)
 
-    used = []
-    real = FastBPE.from_tokenizer.__func__
-
-    def spy(cls, tok, num_threads=None):
-        enc = real(cls, tok, num_threads)
-        used.append(enc)
-        return enc
-
-    monkeypatch.setattr(FastBPE, "from_tokenizer", classmethod(spy))
-    fast_dir = data.get_or_build_token_shards(str(corpus), tokenizer, tmp_path / "fast", shard_tokens=5000)
-    assert used and isinstance(used[0], FastBPE)
-
-    monkeypatch.setattr(FastBPE, "from_tokenizer", classmethod(lambda cls, tok, num_threads=None: None))
-    slow_dir = data.get_or_build_token_shards(str(corpus), tokenizer, tmp_path / "slow", shard_tokens=5000)
-
-    fast_meta, slow_meta = data.load_meta(fast_dir), data.load_meta(slow_dir)
+    fast_meta, slow_meta = load_meta(fast_dir), load_meta(slow_dir)
     assert fast_meta["num_tokens"] == slow_meta["num_tokens"] and fast_meta["shards"] == slow_meta["shards"]
     assert len(fast_meta["shards"]) > 1
     assert np.array_equal(fast_meta["doc_starts"], slow_meta["doc_starts"])
     for shard in fast_meta["shards"]:
         assert (fast_dir / shard["file"]).read_bytes() == (slow_dir / shard["file"]).read_bytes()
     expected = []
-    for ids in reference(tokenizer, data.iter_documents(str(corpus))):  # as read: newlines translated
+    for ids in reference(tokenizer, iter_documents(str(corpus))):  # as read: newlines translated
         expected += ids + [tokenizer.eos_token_id]
-    assert np.asarray(data.load_tokens(fast_dir), dtype=np.int64).tolist() == expected
+    assert np.asarray(load_tokens(fast_dir), dtype=np.int64).tolist() == expected
 
 
 def test_build_token_shards_with_arrays(tmp_path):
@@ -340,12 +293,12 @@ def test_build_token_shards_with_arrays(tmp_path):
     def as_lists(batch):
         return [list(range(1, len(d) + 1)) for d in batch]
 
-    a = data.build_token_shards(docs, as_arrays, 0, tmp_path / "a", vocab_size=10, batch_chars=2)
-    b = data.build_token_shards(docs, as_lists, 0, tmp_path / "b", vocab_size=10, batch_chars=2)
-    assert np.asarray(data.load_tokens(a)).tolist() == [1, 0, 1, 2, 0, 1, 2, 3, 0]
-    assert np.asarray(data.load_tokens(b)).tolist() == np.asarray(data.load_tokens(a)).tolist()
-    assert data.load_meta(a)["doc_starts"].tolist() == [0, 2, 5]
+    a = build_token_shards(docs, as_arrays, 0, tmp_path / "a", vocab_size=10, batch_chars=2)
+    b = build_token_shards(docs, as_lists, 0, tmp_path / "b", vocab_size=10, batch_chars=2)
+    assert np.asarray(load_tokens(a)).tolist() == [1, 0, 1, 2, 0, 1, 2, 3, 0]
+    assert np.asarray(load_tokens(b)).tolist() == np.asarray(load_tokens(a)).tolist()
+    assert load_meta(a)["doc_starts"].tolist() == [0, 2, 5]
 
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        data.build_token_shards(docs, lambda batch: [np.array([12], dtype=np.uint32) for _ in batch], 0,
+        build_token_shards(docs, lambda batch: [np.array([12], dtype=np.uint32) for _ in batch], 0,
                                 tmp_path / "c", vocab_size=10)
