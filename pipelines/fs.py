@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -51,6 +52,12 @@ def apply_umask(root: Path) -> None:
     for path in [Path(root), *Path(root).rglob("*")]:
         if not path.is_symlink():
             path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def package_folder(name: str) -> Path:
+    """The folder of the data package ``name`` (``pipelines.configs``: the repository's ``configs/``, shipped inside
+    the wheel), found without importing it."""
+    return Path(importlib.util.find_spec(name).submodule_search_locations[0])
 
 
 def temp_name(dest: Path, suffix: str = ".tmp") -> Path:

@@ -19,7 +19,6 @@ import argparse
 import difflib
 import types
 import typing
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -31,6 +30,7 @@ from modeling_gpt_scratch import GPTScratchConfig
 from modeling_gpt_scratch.configuration_gpt_scratch import PRESETS
 
 from .errors import UserError
+from .fs import package_folder
 
 # ---- the rules, as types --------------------------------------------------------------------------------------
 
@@ -234,12 +234,12 @@ class InstructSettings(LoraSettings, TrainSettings):
 
 def recipe(name: str) -> Path | None:
     """The packaged recipe ``configs/NAME.yaml`` (``pipelines.configs`` in an installed wheel), or None."""
-    path = Path(str(resources.files("pipelines.configs") / f"{name.removesuffix('.yaml')}.yaml"))
+    path = package_folder("pipelines.configs") / f"{name.removesuffix('.yaml')}.yaml"
     return path if path.is_file() else None
 
 
 def recipes() -> list[str]:
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files("pipelines.configs").iterdir()
+    return sorted(p.name.removesuffix(".yaml") for p in package_folder("pipelines.configs").iterdir()
                   if p.name.endswith(".yaml") and not p.name.startswith("accelerate-"))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100  # a target that is not scored: transformers' and PyTorch's convention
+from .tokens import IGNORE_INDEX
 
 
 def pad_collate_classification(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

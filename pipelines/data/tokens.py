@@ -31,10 +31,11 @@ import torch
 
 from ..errors import UserError
 from ..fs import atomic_dir, atomic_write_json
-from .collates import IGNORE_INDEX
 from .sources import corpus_files, iter_documents, resolve_source
 
 logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # a target that is not scored: transformers' and PyTorch's convention
 
 # GPT-2's pre-tokenisation pattern as tiktoken writes it (Radford et al., 2019); ``tokenizers``' ByteLevel
 # pre-tokenizer with use_regex=True splits text the same way, whitespace classes included

@@ -49,7 +49,9 @@ def classification_metrics(y_true: list[int], y_pred: list[int], names: list[str
     Computed with scikit-learn: the ``evaluate`` library's metric scripts come from the Hub and do not load offline.
     """
     from sklearn.metrics import (  # only classifier scores need scikit-learn
-        accuracy_score, confusion_matrix, precision_recall_fscore_support,
+        accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
     )
 
     labels = list(range(len(names)))

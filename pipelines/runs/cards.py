@@ -15,20 +15,17 @@ card by its last component only, and nothing that looks like an access token is 
 
 from __future__ import annotations
 
-from huggingface_hub import EvalResult
-from huggingface_hub import ModelCard, ModelCardData
-
 import json
 import math
 import os
 import re
-from importlib import resources
 from pathlib import Path
 
 import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..data.instructions import format_alpaca  # the instruct workflow's prompt format (one place for it)
-from ..fs import atomic_write_text
+from ..fs import atomic_write_text, package_folder
 from ..hub import looks_like_hub_id, redact
 from ..settings import LORA_TARGETS
 from .folders import ADAPTER_CONFIG_FILE, FolderKind, architecture_kind
@@ -280,7 +277,7 @@ def eval_results(final: dict, evaluations: dict, task_type: str, dataset_id: str
     return results
 
 
-TEMPLATE_DIR = resources.files("pipelines.model_cards")  # model_cards/ of the repository
+TEMPLATE_DIR = package_folder("pipelines.model_cards")  # model_cards/ of the repository
 TEMPLATES = {"base": "base.md", "classifier": "classifier.md", "instruct": "instruct.md", "adapter": "adapter.md"}
 
 EXAMPLE_INSTRUCTION = {"instruction": "Rewrite the sentence in passive voice.", "input": "The chef cooked the meal."}

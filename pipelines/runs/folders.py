@@ -26,14 +26,6 @@ short, a ``config.json`` that is not JSON) are reported as one line naming the f
 
 from __future__ import annotations
 
-from safetensors import SafetensorError
-from transformers.utils import logging as hf_logging
-from modeling_gpt_scratch import GPTScratchForCausalLM
-from transformers import GenerationConfig
-from modeling_gpt_scratch import GPTScratchForSequenceClassification
-import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
 import contextlib
 import enum
 import json
@@ -41,11 +33,18 @@ import pickle
 import warnings
 from pathlib import Path
 
-from ..data.tables import label_maps
+import torch
+from safetensors import SafetensorError
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GenerationConfig
+from transformers.utils import logging as hf_logging
+
+from modeling_gpt_scratch import GPTScratchForCausalLM, GPTScratchForSequenceClassification
+from modeling_gpt_scratch.configuration_gpt_scratch import GPTScratchConfig
+
 from ..errors import UserError, first_line, json_error
 from ..hub import looks_like_hub_id, model_folder
 from .record import RunRecord
-from .tokenizers import TOKENIZER_FILES, TOKENIZER_SAVE_FILES, open_tokenizer
+from .tokenizers import TOKENIZER_FILES, open_tokenizer
 
 
 class FolderKind(str, enum.Enum):
@@ -429,7 +428,7 @@ def check_causal_lm_folder(folder: Path, need_tokenizer: bool = True, flag: str 
 
 def load_base_as_classifier(folder: Path, names: list[str], dropout: float | None = None, flag: str = "--model"):
     """A :class:`GPTScratchForSequenceClassification` with the folder's transformer and a fresh ``score`` head."""
-    id2label, label2id = label_maps(names)
+    id2label, label2id = dict(enumerate(names)), {name: i for i, name in enumerate(names)}  # as data.tables does
     extra = {} if dropout is None else {"hidden_dropout": dropout, "attention_dropout": dropout}
     try:
         with quiet_hf():

@@ -33,12 +33,6 @@ place file by file, so a killed run leaves either the old or the new version of 
 
 from __future__ import annotations
 
-from filelock import FileLock
-from filelock import Timeout
-from accelerate.utils import load
-import random
-import transformers
-
 import contextlib
 import datetime
 import functools
@@ -46,6 +40,7 @@ import json
 import logging
 import os
 import platform
+import random
 import re
 import shutil
 import socket
@@ -54,6 +49,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import transformers
+from accelerate.utils import load
+from filelock import FileLock, Timeout
 
 from ..errors import UserError
 from ..fs import apply_umask, atomic_write_json, atomic_write_text, fault_point, publish_files, temp_dir

@@ -19,10 +19,6 @@ fall back to decoding.
 
 from __future__ import annotations
 
-from transformers import AutoTokenizer
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import GPT2TokenizerFast
-
 import json
 import math
 import sys
@@ -30,6 +26,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, GPT2TokenizerFast
 
 from ..data.tokens import byte_to_unicode
 from ..errors import UserError, describe_type

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from ..data.collates import IGNORE_INDEX
+from ..data.tokens import IGNORE_INDEX
 
 
 def token_cross_entropy(logits, targets, ignore_index: int = IGNORE_INDEX, reduction: str = "mean"):

@@ -272,3 +272,169 @@ def _write_constraints() -> Path:
         CACHE.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return path
+
+
+# ---- the user's install: gpt-scratch from its own wheel (tests/ecosystem/test_wheel.py) ----------------------------
+#
+# The wheel is built from a copy of what a fresh clone holds (git's tracked and not-ignored files), so nothing that
+# lies only in this working tree -- a stale build/ folder, a file git ignores -- can reach it.  It is installed, not
+# editable, into a venv of its own with torch from the local CPU wheel and every other dependency from PyPI.  There is
+# one venv per wheel content (``wheel-<key>``): runs of two checkouts that share the cache never install into each
+# other's venv, and an unchanged wheel reuses its venv as it is.  Venvs of other wheels unused for a day are removed.
+
+WHEEL_ENV_PREFIX = "wheel-"
+WHEEL_ENV_MAX_IDLE_S = 24 * 3600
+_CHECKOUT_JUNK = {".git", ".venv", ".cache", ".pytest_cache", "build", "dist", "runs", "outputs"}  # top level only
+
+
+def _uv_environment(venv: Path | None = None) -> dict:
+    """What uv runs with: its cache beside the venvs, no user configuration, no downloaded Pythons."""
+    env = {**os.environ, "UV_CACHE_DIR": str(CACHE / "_uv-cache"), "UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"}
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
+    if venv is not None:
+        env["VIRTUAL_ENV"] = str(venv)
+    return env
+
+
+def checkout_files(repo: Path = REPO) -> list[Path]:
+    """The files a fresh clone of ``repo`` would have, plus files not yet committed that git does not ignore
+    (relative paths).  Without git: every file, less virtualenvs, caches and build output."""
+    if (repo / ".git").exists() and shutil.which("git"):
+        out = subprocess.run(
+            ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout
+        names = [Path(name) for name in out.split("\0") if name]
+        return [name for name in names if (repo / name).is_file()]  # a deletion not yet staged is gone already
+    found = []
+    for root, dirs, files in os.walk(repo):
+        here = Path(root).relative_to(repo)
+        dirs[:] = [d for d in dirs if d != "__pycache__" and not d.endswith(".egg-info")
+                   and not (here == Path(".") and d in _CHECKOUT_JUNK)]
+        found += [here / f for f in files if not f.endswith((".pyc", ".so"))]
+    return found
+
+
+def git_ignores(path: Path, repo: Path = REPO) -> bool:
+    """Whether git ignores ``path`` (relative to ``repo``): such a file reaches no clone, nor a wheel built there."""
+    if not ((repo / ".git").exists() and shutil.which("git")):
+        return False
+    return subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", str(path)], timeout=60).returncode == 0
+
+
+def ignored_sources(repo: Path = REPO) -> list[Path]:
+    """Source files (Python, YAML, Markdown) in ``repo`` that git ignores, outside virtualenvs, caches and run
+    output: work that would silently be left out of a commit, a clone and a wheel."""
+    if not ((repo / ".git").exists() and shutil.which("git")):
+        return []
+    out = subprocess.run(
+        ["git", "-C", str(repo), "ls-files", "-z", "--others", "--ignored", "--exclude-standard"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout
+    names = [Path(name) for name in out.split("\0") if name]
+    return [name for name in names if name.suffix in (".py", ".yaml", ".md") and name.parts[0] not in _CHECKOUT_JUNK
+            and "__pycache__" not in name.parts and not any(part.endswith(".egg-info") for part in name.parts)]
+
+
+def build_wheel(workdir: Path, repo: Path = REPO) -> Path:
+    """The wheel of ``repo``, built by ``uv build`` (an isolated build with the build-system's own requirements, as
+    ``python -m build`` makes it) from a copy of :func:`checkout_files` in ``workdir``."""
+    start = time.perf_counter()
+    src, dist = workdir / "src", workdir / "dist"
+    for name in checkout_files(repo):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / name, src / name)
+    try:
+        _run([uv(), "build", "--wheel", "--out-dir", dist, "--python", _base_python(), src],
+             "building the gpt-scratch wheel", env=_uv_environment())
+    except EnvBuildError as err:
+        ignored = ignored_sources(repo)
+        if ignored:
+            raise EnvBuildError(f"{err}\nNote: git ignores these files of the checkout, so they are not in a clone "
+                                f"nor in this build: {', '.join(map(str, ignored))}") from None
+        raise
+    wheels = sorted(dist.glob("*.whl"))
+    if len(wheels) != 1:
+        raise EnvBuildError(f"uv build left {len(wheels)} wheels in {dist}: {[w.name for w in wheels]}")
+    TIMINGS["wheel build"] = time.perf_counter() - start
+    return wheels[0]
+
+
+def wheel_digest(wheel: Path) -> str:
+    """A hash of what the wheel holds (each member's name and bytes), blind to the zip's timestamps: two builds of
+    the same sources give the same digest."""
+    import zipfile
+
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(wheel) as archive:
+        for name in sorted(archive.namelist()):
+            digest.update(name.encode() + b"\0" + hashlib.sha256(archive.read(name)).digest())
+    return digest.hexdigest()
+
+
+def wheel_env(wheel: Path) -> ClientEnv:
+    """The venv with ``wheel`` installed (its dependencies from PyPI, torch from the local CPU wheel): reused when
+    its stamp matches the wheel's content, else built from scratch."""
+    import fcntl
+
+    torch = torch_wheel()
+    content = f"{wheel.name} sha256-content:{wheel_digest(wheel)}"
+    key = env_key("wheel", [content], torch)
+    path = CACHE / f"{WHEEL_ENV_PREFIX}{key[:16]}"
+    env = ClientEnv(path.name, path, [content])
+    stamp = path / ".ecosystem-key"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per key; a concurrent run with the same wheel waits for it
+        if stamp.is_file() and stamp.read_text().strip() == key and (path / "bin" / "gpt-scratch").exists():
+            os.utime(stamp)  # in use: not pruned
+        else:
+            _build_wheel_env(env, wheel, torch, key)
+    _prune_wheel_envs(keep=path)
+    return env
+
+
+def _build_wheel_env(env: ClientEnv, wheel: Path, torch: Path, key: str) -> None:
+    start = time.perf_counter()
+    path = env.path
+    shutil.rmtree(path, ignore_errors=True)
+    tool = uv()
+    _run([tool, "venv", "-q", "--python", _base_python(), path], "creating the wheel's venv", env=_uv_environment(path))
+    _run(
+        [tool, "pip", "install", "-q", "--python", env.python, torch, wheel, "--constraint", _write_constraints()],
+        f"installing {wheel.name} into a fresh venv", env=_uv_environment(path),
+    )
+    check = _run(
+        [env.python, "-c", "import json, torch, pipelines; print(json.dumps([torch.__version__, pipelines.__file__]))"],
+        "checking the wheel's venv",
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        cwd=path,  # not the checkout, whose root would put the package on sys.path
+    )
+    version, package = json.loads(check.strip().splitlines()[-1])
+    if not version.startswith(TORCH_VERSION) or not Path(package).resolve().is_relative_to(path.resolve()):
+        raise EnvBuildError(f"the wheel's venv is wrong: torch {version}, pipelines imported from {package}")
+    (path / ".ecosystem-key").write_text(key + "\n")
+    env.built = True
+    TIMINGS["venv wheel"] = time.perf_counter() - start
+
+
+def _prune_wheel_envs(keep: Path) -> None:
+    """Remove the venvs of other wheels that no run has used for :data:`WHEEL_ENV_MAX_IDLE_S`."""
+    import fcntl
+
+    now = time.time()
+    for path in CACHE.glob(f"{WHEEL_ENV_PREFIX}*"):
+        if path == keep or not path.is_dir():
+            continue
+        stamp = path / ".ecosystem-key"
+        used = (stamp if stamp.exists() else path).stat().st_mtime
+        if now - used < WHEEL_ENV_MAX_IDLE_S:
+            continue
+        with open(CACHE / f"{path.name}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # being built right now
+            shutil.rmtree(path, ignore_errors=True)
+        (CACHE / f"{path.name}.lock").unlink(missing_ok=True)

@@ -24,7 +24,7 @@ What the source distribution lacks, and what stands in
     No PyPI package ships them, so a stand-in is written for each one that is missing: an empty
     ``GenerationTesterMixin``, an empty ``ExportTesterMixin``, and our own ``config_common_kwargs`` (every common
     ``PreTrainedConfig`` attribute of 5.x set away from its default).  With the stand-ins, transformers' generation
-    tests and its export tests are NOT run; ``tests/test_hf_common.py`` covers the parts the issue asks for with
+    tests and its export tests are NOT run; ``tests/model/test_hf_common.py`` covers the parts the issue asks for with
     tests of its own (static- vs dynamic-cache ``generate``, ``torch.export`` with dynamic batch and sequence).
 
     The real modules do work when present: copy ``tests/generation/`` (and/or ``tests/exporters/``,
@@ -53,14 +53,14 @@ from pathlib import Path
 import pytest
 import transformers
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CACHE_ROOT = Path(os.environ.get("GPT_SCRATCH_HF_TESTS_CACHE", REPO / ".cache" / "hf-tests"))
 PACKAGE = "transformers_tests"
 STAND_IN_MARK = "GPT_SCRATCH_STAND_IN = True"
 PARAMETERIZED = "parameterized==0.9.0"
 PIP_TIMEOUT_S = 300
 
-_GENERATION_STAND_IN = f'''"""Stand-in written by gpt-scratch's tests/hf_suite.py: transformers' sdist does not ship
+_GENERATION_STAND_IN = f'''"""Stand-in written by gpt-scratch's tests/model/hf_suite.py: transformers' sdist does not ship
 tests/generation/, so its generation tests are NOT run.  Replace this folder with tests/generation/ of transformers'
 git tag v<version>."""
 {STAND_IN_MARK}
@@ -70,7 +70,7 @@ class GenerationTesterMixin:
     """Empty: transformers' generate tests are not available here."""
 '''
 
-_EXPORT_STAND_IN = f'''"""Stand-in written by gpt-scratch's tests/hf_suite.py: transformers' sdist does not ship
+_EXPORT_STAND_IN = f'''"""Stand-in written by gpt-scratch's tests/model/hf_suite.py: transformers' sdist does not ship
 tests/exporters/, so its torch.export tests are NOT run.  Replace this file with tests/exporters/test_export.py of
 transformers' git tag v<version>."""
 {STAND_IN_MARK}
@@ -82,7 +82,7 @@ class ExportTesterMixin:
 
 # Every attribute that PreTrainedConfig (5.x) keeps for all models, set away from its default: ConfigTester builds
 # the config from these and checks that each one is kept.  dtype is compared as torch.float16.
-_CONFIG_UTILS_STAND_IN = f'''"""Stand-in written by gpt-scratch's tests/hf_suite.py for transformers'
+_CONFIG_UTILS_STAND_IN = f'''"""Stand-in written by gpt-scratch's tests/model/hf_suite.py for transformers'
 tests/utils/test_configuration_utils.py, which its sdist does not ship."""
 {STAND_IN_MARK}
 

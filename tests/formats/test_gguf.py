@@ -21,7 +21,7 @@ from pipelines.errors import UserError
 from pipelines.formats import gguf as gguf_export  # noqa: E402
 from pipelines.formats.gguf import export_gguf  # noqa: E402
 from pipelines.runs.tokenizers import train_bpe_tokenizer
-from tests.test_convert import perturb_  # noqa: E402
+from tests.formats.test_convert import perturb_  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 VOCAB = 300

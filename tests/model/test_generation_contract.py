@@ -1,5 +1,5 @@
 """``GenerationMixin`` on our model, the features transformers' own generation tests exercise (that suite is not in
-transformers' sdist, so ``tests/test_hf_common.py`` cannot run it in CI): dict outputs with attentions, hidden states
+transformers' sdist, so ``tests/model/test_hf_common.py`` cannot run it in CI): dict outputs with attentions, hidden states
 and scores for greedy, sampling and beam search; assisted and prompt-lookup decoding equal plain greedy decoding."""
 
 import pytest

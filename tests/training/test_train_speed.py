@@ -13,7 +13,7 @@ import torch
 from modeling_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM, GPTScratchForSequenceClassification
 from pipelines.training import trainer as throughput
 from pipelines.cli import main
-from tests.test_pretrain import tiny_flags, write_corpus
+from tests.commands.test_pretrain import tiny_flags, write_corpus
 
 
 def small_config(**overrides):

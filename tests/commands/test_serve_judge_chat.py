@@ -28,7 +28,7 @@ from pipelines.evals.judge import parse_score
 from pipelines.data.instructions import ALPACA_CHAT_TEMPLATE, format_alpaca
 from pipelines.decoding.prompts import render_transcript
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SYSTEM = "Chat."
 TRANSCRIPT = SYSTEM + "\n\n" + "User: hello\nBot: hi\n" * 3
 API_KEY = "sekret"

@@ -17,7 +17,7 @@ from pipelines.decoding.prompts import extract_response
 from pipelines.commands.finetune_instruct import prepare_data, split_instructions
 from pipelines.data.instructions import format_alpaca
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 THINGS = ["sky", "grass", "sun", "snow", "coal", "rose", "sea", "lemon", "cloud", "leaf"]
 COLORS = ["blue", "green", "yellow", "white", "black", "red", "blue", "yellow", "grey", "green"]

@@ -25,7 +25,7 @@ import pytest
 
 from pipelines.serving.app import make_server, server_url
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROMPTS = [
     "The quick brown fox",
     "Hello there,",

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EOT = "<|endoftext|>"
 TOKEN = "hf_secretQx7Lm2Pz9Rt4Vw8Yb3Nc6Kd1Fg5Hj0Sa"  # looks like a real token; must never leak
 OTHER_TOKEN = "hf_otherZZ1234567890abcdefghijklmnop"  # some other token recorded in a run config

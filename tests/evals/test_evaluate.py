@@ -478,6 +478,6 @@ def test_evaluate_dependency_is_gone():
 
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
-    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
     assert not any(d.split(">")[0].split("=")[0].strip() == "evaluate" for d in project["dependencies"])
     assert any(d.startswith("lm_eval") for d in project["optional-dependencies"]["lm-eval"])

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from pipelines.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 WORDS = (
     "the model reads a sequence of tokens and predicts the next one . attention lets every position look back at "
@@ -133,7 +133,7 @@ def test_kill9_and_resume_is_bit_identical(corpus, tokenizer_dir, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "model.safetensors").exists(), "the killed run must not have finished"
 
-    # the killed run's lock went with it: --resume is the one flag needed (tests/test_faults.py covers a live owner)
+    # the killed run's lock went with it: --resume is the one flag needed (tests/runs/test_faults.py covers a live owner)
     proc = _run_cli(["pretrain", *flags(killed), "--resume"])
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output

@@ -1,7 +1,7 @@
 """LoRA through PEFT (``pipelines.lora``): parameter counts, adapter folders, merging, loading, conflicts.
 
-Tiny models only: the classifier's base and data come from tests/test_classify.py, the instruction tuner's from
-tests/test_instruct.py (their fixtures are imported, so they are built once for this module).
+Tiny models only: the classifier's base and data come from tests/commands/test_classify.py, the instruction tuner's from
+tests/commands/test_instruct.py (their fixtures are imported, so they are built once for this module).
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines.cli import main
-from tests.test_classify import (  # noqa: F401 - fixtures
+from tests.commands.test_classify import (  # noqa: F401 - fixtures
     assert_one_line_error,
     base_dir,
     data_dir,
     finetune_args,
     toy_tsv,
 )
-from tests.test_instruct import base_model as instruct_base  # noqa: F401 - fixture
-from tests.test_instruct import data_file as instruct_data  # noqa: F401 - fixture
-from tests.test_instruct import records  # noqa: F401 - fixture
+from tests.commands.test_instruct import base_model as instruct_base  # noqa: F401 - fixture
+from tests.commands.test_instruct import data_file as instruct_data  # noqa: F401 - fixture
+from tests.commands.test_instruct import records  # noqa: F401 - fixture
 
 TARGETS = ("qkv_proj", "out_proj", "fc_in", "fc_out")
 

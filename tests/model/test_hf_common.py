@@ -2,7 +2,7 @@
 plus direct checks of the contracts the common tests lean on: eager vs sdpa, static vs dynamic cache, torch.export.
 
 The common test files are those of the *installed* transformers, fetched from its PyPI source distribution into a
-git-ignored cache on first use (see ``tests/hf_suite.py``, which also says what is not covered: transformers'
+git-ignored cache on first use (see ``tests/model/hf_suite.py``, which also says what is not covered: transformers'
 ``GenerationTesterMixin`` and ``ExportTesterMixin`` are not in the sdist and run only when their real files are put in
 the cache).  Without network and cache the common tests skip; the direct tests at the bottom always run.
 
@@ -25,7 +25,7 @@ from modeling_gpt_scratch import (
     GPTScratchModel,
 )
 from modeling_gpt_scratch.modeling_gpt_scratch import CACHE_FIELD
-from tests import hf_suite
+from tests.model import hf_suite
 
 try:
     common, config_common, generation_common = hf_suite.load()
@@ -237,7 +237,7 @@ if common is not None:
         @unittest.skipUnless(
             hf_suite.real_generation_tests(),
             "transformers' GenerationTesterMixin is not in its sdist: an empty stand-in is mixed in, so transformers' "
-            "generate tests are NOT run (see tests/hf_suite.py to add them)",
+            "generate tests are NOT run (see tests/model/hf_suite.py to add them)",
         )
         def test_transformers_generation_tests_are_mixed_in(self):
             self.assertTrue(any(name.startswith("test_") for name in vars(generation_common.GenerationTesterMixin)))

@@ -28,9 +28,9 @@ import yaml
 
 from pipelines.runs import run_folder as runfolder
 from pipelines.cli import main
-from tests.test_pretrain import write_corpus
+from tests.commands.test_pretrain import write_corpus
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LOCK = runfolder.LOCK_NAME
 
 # ----------------------------------------------------------------------------------------------------------------

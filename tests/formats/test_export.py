@@ -16,7 +16,7 @@ from pipelines.runs.tokenizers import train_bpe_tokenizer
 from pipelines.cli import main as cli_main
 from pipelines.errors import UserError
 from pipelines.formats.gpt2_export import export_hf_gpt2
-from tests.test_convert import VOCAB, WORDS, perturb_
+from tests.formats.test_convert import VOCAB, WORDS, perturb_
 
 EXPORTED_FILES = {
     "config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"

@@ -5,7 +5,7 @@ import json
 import yaml
 
 from pipelines.cli import main
-from tests.test_pretrain import write_corpus
+from tests.commands.test_pretrain import write_corpus
 
 
 def test_experiments_table_and_shared_setup(tmp_path, capsys):
