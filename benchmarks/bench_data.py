@@ -2,14 +2,13 @@
 
 * Corpus: ``../shared/data/*.txt`` beside the repository (or ``--data``) and CPython's ``pydoc_data.topics``, one
   document per file, repeated to ``--mb`` megabytes and written once to a temporary folder.
-* Vocabulary: a GPT-2-style byte-level BPE trained on the corpus with the project's ``train_bpe_tokenizer``.  The
-  peer gets the *same* vocabulary as a ``tiktoken.Encoding`` built from it (its ranks are the BPE's token ids, whose
-  order is the merge order; GPT-2's split pattern; ``<|endoftext|>`` as the special token), so both sides produce the
-  same ids -- the benchmark counts the tokens that differ.
-* Ours: ``pipelines.data.get_or_build_token_shards(folder, tokenizer, fresh cache folder)``, the pipeline as users
-  run it: read the files, encode them with ``pipelines.fast_bpe.FastBPE`` (the C extension ``pipelines._bpe``, all
-  cores; the benchmark says so when it is not built and the ``tokenizers`` path runs instead), write ``uint16``
-  shards + metadata.
+* Vocabulary: a GPT-2-style byte-level BPE trained on the corpus with the project's ``train_bpe_tokenizer``.  Both
+  sides encode with the *same* vocabulary as a ``tiktoken.Encoding`` (``pipelines.data.tokens.tiktoken_encoding``:
+  its ranks are the BPE's token ids, whose order is the merge order; GPT-2's split pattern; ``<|endoftext|>`` as the
+  special token), so both produce the same ids -- the benchmark counts the tokens that differ.
+* Ours: ``pipelines.data.tokens.get_or_build_token_shards(folder, tokenizer, fresh cache folder)``, the pipeline as
+  users run it: read the files, encode them in batches with tiktoken on all cores (its Rust core releases the GIL),
+  write ``uint16`` shards + metadata.
 * Peer: the same files read in the same order, ``Encoding.encode_ordinary`` per document in one process and thread,
   ids + end-of-text appended to a list, written as one ``uint16`` file.
 
@@ -55,32 +54,6 @@ def write_corpus(docs: list[str], megabytes: float, folder: Path) -> int:
     return total
 
 
-# GPT-2's pre-tokenisation pattern as tiktoken writes it; tokenizers' ByteLevel(use_regex=True) splits the same way
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-
-def tiktoken_from_hf(tokenizer):
-    """A ``tiktoken.Encoding`` with the vocabulary of a byte-level BPE ``PreTrainedTokenizerFast``.
-
-    tiktoken's ranks are both merge priorities and token ids.  The ``tokenizers`` trainer numbers the learned tokens in
-    the order of their merges, after the special token and the 256 bytes, so the BPE's ids serve as ranks as they are.
-    """
-    import tiktoken
-
-    from pipelines.fast_bpe import byte_to_unicode
-
-    decode = {char: byte for byte, char in byte_to_unicode().items()}
-    specials = set(tokenizer.all_special_tokens)
-    special = {t: i for t, i in tokenizer.get_vocab().items() if t in specials}
-    ranks = {}
-    for token, idx in tokenizer.backend_tokenizer.get_vocab(with_added_tokens=False).items():
-        if not all(ch in decode for ch in token):
-            raise ValueError(f"token {token!r} is not byte-level BPE: tiktoken cannot reproduce this tokenizer")
-        ranks[bytes(decode[ch] for ch in token)] = idx
-    return tiktoken.Encoding(name="gpt-scratch-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens=special)
-
-
 def peer_build(files: list[Path], enc, eos_id: int, out_file: Path) -> np.ndarray:
     """Read, encode (one process, one thread), append end-of-text, write ``uint16``."""
     ids: list[int] = []
@@ -101,18 +74,18 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from pipelines.runs.tokenizers import train_bpe_tokenizer
-    from pipelines.data.tokens import get_or_build_token_shards, load_tokens
-    from pipelines.fast_bpe import FastBPE
+    from pipelines.data.tokens import get_or_build_token_shards, load_tokens, tiktoken_encoding
 
     print_header(f"data preparation: {args.mb:g} MB of text -> uint16 token shards")
     print(f"   TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', '(unset: on)')}, "
           f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', '(unset: all cores)')}")
     docs = base_documents(args.data)
     tokenizer = train_bpe_tokenizer(docs, args.vocab_size)
-    enc = tiktoken_from_hf(tokenizer)
+    enc = tiktoken_encoding(tokenizer)
+    if enc is None:
+        raise SystemExit("bench_data: tiktoken does not reproduce this tokenizer")
     eos = tokenizer.eos_token_id
-    fast = FastBPE.from_tokenizer(tokenizer)
-    encoder = f"FastBPE, {fast.num_threads} threads" if fast else "tokenizers' encode_batch (FastBPE unavailable)"
+    encoder = f"tiktoken, {len(os.sched_getaffinity(0))} threads"
 
     work = Path(tempfile.mkdtemp(prefix="bench-data-"))
     try:
@@ -127,7 +100,7 @@ def main(argv=None):
             runs["n"] += 1
             return work / f"{name}{runs['n']}"
 
-        def ours():  # the pipeline as users run it: get_or_build_token_shards (FastBPE when available)
+        def ours():  # the pipeline as users run it: get_or_build_token_shards
             results["ours"] = get_or_build_token_shards(str(corpus), tokenizer, fresh("cache"))
 
         def peer():

@@ -2,8 +2,8 @@
 ``bench_pretrain.py``'s ratio comes from, with nothing around the step.
 
 One step = forward, mean next-token cross-entropy, backward, gradient clipping at 1.0, AdamW.  Variants: ours with
-the workflows' loss (``pipelines.losses.lm_loss``), ours with transformers' loss (``labels=``), fused AdamW,
-``torch.compile``, and bf16 autocast as ``--mixed-precision bf16`` runs it on a CPU (``pipelines.precision``: float32
+the workflows' loss (``pipelines.training.losses.lm_loss``), ours with transformers' loss (``labels=``), fused AdamW,
+``torch.compile``, and bf16 autocast as ``--mixed-precision bf16`` runs it on a CPU (``pipelines.training.precision``: float32
 attention products, the fused head in bf16, fused AdamW); the peer is ``GPT2LMHeadModel`` of the same shape with its
 own loss, in float32 and under bf16 autocast.  Median tok/s over the steps after the warm-up ones.
 
@@ -27,7 +27,7 @@ VOCAB, BATCH, SEQ = 4096, 16, 128
 
 
 def tok_s(model, loss_of, fused=False, compiled=False, bf16=False, ours_bf16_path=False, steps=30, warmup=8) -> float:
-    """Median tok/s of the step; ``ours_bf16_path``: with ``pipelines.precision``'s float32 attention products."""
+    """Median tok/s of the step; ``ours_bf16_path``: with ``pipelines.training.precision``'s float32 attention products."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused or None)
     forward = torch.compile(model) if compiled else model
     times = []

@@ -1,6 +1,6 @@
 """Generation throughput on the same weights: transformers' ``GPT2LMHeadModel.generate`` (the peer) against ours --
 ``GPTScratchForCausalLM.generate`` (``GenerationMixin``, unchanged: the model file carries no speed work) or the
-decoding engine every gpt-scratch workflow uses (``pipelines.engine.Engine``, ``--ours engine``).
+decoding engine every gpt-scratch workflow uses (``pipelines.decoding.engine.Engine``, ``--ours engine``).
 
 Four cases, each ``max_new_tokens`` (200) new tokens: greedy and sampled (temperature 0.8, top-k 50, top-p 0.95),
 at batch 1 (a 32-token prompt) and batch 8 (prompts of 17 to 32 tokens, left-padded, with an attention mask).
@@ -76,7 +76,7 @@ def main(argv=None):
     p.add_argument("--peer-activation", default="gelu_new", help="gelu_new (GPT-2's own) or gelu_pytorch_tanh")
     p.add_argument(
         "--ours", default="generate", choices=["generate", "engine"],
-        help="our model's generate (GenerationMixin), or the decoding engine of the workflows (pipelines.engine)",
+        help="our model's generate (GenerationMixin), or the decoding engine of the workflows (pipelines.decoding.engine)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda when torch sees one)")
     p.add_argument("--static-compile", action="store_true",

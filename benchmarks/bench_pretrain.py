@@ -44,7 +44,7 @@ SHAPES = {
     "demo": dict(steps=150, batch=16, seq=128, lr=0.002, warmup=30, log_every=10),
     "gpt2-small": dict(steps=8, batch=2, seq=1024, lr=6e-4, warmup=2, log_every=2),
 }
-CLI = [sys.executable, "-m", "pipelines.cli"]
+CLI = [sys.executable, "-m", "pipelines"]
 
 
 # ----------------------------------------------------------------------------------------------------------------

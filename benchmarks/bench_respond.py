@@ -27,7 +27,7 @@ import common
 from common import REPO, median, print_header, report
 
 DATA = REPO.parent / "shared" / "data" / "instruction-data.json"
-CLI = [sys.executable, "-m", "pipelines.cli"]
+CLI = [sys.executable, "-m", "pipelines"]
 MAX_NEW_TOKENS = 64
 
 

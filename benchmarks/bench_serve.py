@@ -68,7 +68,7 @@ class Server:
 
     def __init__(self, model: Path, max_batch_size: int, log: Path, threads: int = 0):
         cli = Path(sys.executable).with_name("gpt-scratch")
-        command = [str(cli)] if cli.exists() else [sys.executable, "-m", "pipelines.cli"]
+        command = [str(cli)] if cli.exists() else [sys.executable, "-m", "pipelines"]
         command += ["serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0", "--no-access-log",
                     "--max-batch-size", str(max_batch_size), "--threads", str(threads)]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

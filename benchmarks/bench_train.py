@@ -1,7 +1,7 @@
 """Training-step throughput: ours vs ``transformers.GPT2LMHeadModel``, same config, same weights, same batch.
 
 One step = forward, the mean next-token cross-entropy, backward, ``AdamW.step`` and ``zero_grad``: the peer with
-``labels`` (transformers' loss), ours as ``gpt-scratch pretrain`` computes it (``pipelines.losses.lm_loss`` on a
+``labels`` (transformers' loss), ours as ``gpt-scratch pretrain`` computes it (``pipelines.training.losses.lm_loss`` on a
 batch of the pipelines' convention; ``--ours-loss model`` takes the model's own, transformers', loss instead).
 Reported: tokens per second (batch x sequence length / median step time) and ours / peer.  (The user-level figure,
 the whole ``gpt-scratch pretrain`` command against ``transformers.Trainer``, is ``bench_pretrain.py``.)
@@ -70,7 +70,7 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument(
         "--ours-loss", default="pipeline", choices=["pipeline", "model"],
-        help="the workflows' loss (pipelines.losses.lm_loss, default) or the model's own (transformers') loss",
+        help="the workflows' loss (pipelines.training.losses.lm_loss, default) or the model's own (transformers') loss",
     )
     args = p.parse_args(argv)
 

@@ -30,7 +30,7 @@ log="$out/gpu_check.log"
   timeout 150 $py benchmarks/bench_train.py --size gpt2-small --batch 16 --seq 1024 --compile --repeats 10
   timeout 150 $py benchmarks/bench_train.py --size gpt2-small-untied --batch 16 --seq 1024 --compile --repeats 10
   echo "== 2. gpt-scratch pretrain, 200 steps of the 124M shape on local text"
-  timeout 180 $py -m pipelines.cli pretrain --preset gpt2-small --context-length 1024 --tie-word-embeddings \
+  timeout 180 $py -m pipelines pretrain --preset gpt2-small --context-length 1024 --tie-word-embeddings \
     --qkv-bias --vocab-size 8192 --batch-size 16 --learning-rate 6e-4 --warmup-steps 20 --max-steps 200 \
     --eval-every 100 --eval-batches 4 --log-every 20 --checkpoint-every 0 --mixed-precision bf16 --compile \
     --sample-tokens 16 --out "$out/pretrain-run" --overwrite

@@ -47,7 +47,6 @@ from ..runs.folders import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     CODE_FILES,
-    TOKENIZER_SAVE_FILES,
     FolderKind,
     adapter_kind,
     adapter_labels,
@@ -57,7 +56,7 @@ from ..runs.folders import (
     task_kind,
 )
 from ..runs.record import RUN_RECORD_FILE
-from ..runs.tokenizers import strip_local_files_only
+from ..runs.tokenizers import TOKENIZER_SAVE_FILES, strip_local_files_only
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
 ADAPTER_FILES = (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE)
