@@ -183,7 +183,8 @@ class ClassifierSettings(LoraSettings, TrainSettings):
         1.0, "evaluations per pass over the training split (0: --eval-every decides)")
 
     model: str | None = about(None, "base causal-LM folder (or Hub model id) to start from")
-    data: str | None = about(None, "labelled table: TSV/CSV (header optional), JSON/JSONL, Parquet, or a Hub dataset id")
+    data: str | None = about(
+        None, "labelled table: TSV/CSV (header optional), JSON/JSONL, Parquet, or a Hub dataset id")
     out: str | None = about(None, "run folder (a loadable classifier folder at the end)")
     text_column: str | None = about(None, "column (name or 0-based position) of the text")
     label_column: str | None = about(None, "column (name or 0-based position) of the label")

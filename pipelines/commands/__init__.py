@@ -1,1 +1,2 @@
-"""One module per workflow of ``gpt-scratch``: ``add_arguments(parser)`` and ``run(args)``; each imports the layers below, never another command."""
+"""One module per workflow of ``gpt-scratch``: ``add_arguments(parser)`` and ``run(args)``; each imports the layers
+below, never another command."""

@@ -1,10 +1,10 @@
 """``gpt-scratch chat``: talk to a model in the terminal, the reply streaming as it is generated.
 
 * A **base** model (its tokenizer has no chat template) is prompted with the transcript frame
-  (``pipelines.decoding.prompts.render_transcript``): the conversation so far as ``User: ...`` / ``Bot: ...`` lines under a short
-  description, ending with ``Bot:``.  The model continues the transcript; the reply ends where it starts the user's
-  next turn (``"\\nUser:"``), which is cut from both the printed reply and the history.  The oldest turns are dropped
-  when the transcript no longer fits the context.
+  (``pipelines.decoding.prompts.render_transcript``): the conversation so far as ``User: ...`` / ``Bot: ...`` lines
+  under a short description, ending with ``Bot:``.  The model continues the transcript; the reply ends where it starts
+  the user's next turn (``"\\nUser:"``), which is cut from both the printed reply and the history.  The oldest turns
+  are dropped when the transcript no longer fits the context.
 * An **instruct** model (its tokenizer carries the Alpaca chat template) gets each line as a fresh Alpaca prompt:
   Alpaca-tuned models are single-turn.  ``--system`` replaces the template's preamble.
 

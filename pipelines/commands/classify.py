@@ -28,7 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--model", required=True, help="classifier folder (the --out of finetune-classifier; a LoRA adapter too)"
     )
-    parser.add_argument("texts", nargs="+", metavar="TEXT", help="texts to classify ('-': read one per line from stdin)")
+    parser.add_argument("texts", nargs="+", metavar="TEXT",
+                        help="texts to classify ('-': read one per line from stdin)")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
     parser.add_argument("--max-length", type=int, default=0, help="truncate to N tokens (default: the context)")
 

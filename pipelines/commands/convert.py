@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
             "give --from hf-gpt2|book (import into gpt-scratch) or --to hf-gpt2|gguf (export to plain gpt2 or GGUF)"
         )
     if getattr(args, "config", None) is not None and source_format != "book":
-        what = f"--to {target_format} reads the config of --src" if target_format else "an hf-gpt2 checkpoint brings its own"
+        what = (f"--to {target_format} reads the config of --src" if target_format
+                else "an hf-gpt2 checkpoint brings its own")
         raise UserError(f"--config applies only to --from book: {what} config.json")
     if getattr(args, "fold_score_bias", False) and target_format != "hf-gpt2":
         raise UserError("--fold-score-bias applies only to --to hf-gpt2 (exporting a classifier)")

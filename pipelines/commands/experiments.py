@@ -52,7 +52,8 @@ def load_experiment_runs(path: str, out_override: str | None = None) -> dict:
     experiments_yaml = settings.load_yaml(path)
     unknown = set(experiments_yaml) - TOP_KEYS
     if unknown:
-        raise UserError(f"unknown key(s) {', '.join(sorted(unknown))} in '{path}': valid keys are {', '.join(sorted(TOP_KEYS))}")
+        raise UserError(f"unknown key(s) {', '.join(sorted(unknown))} in '{path}': valid keys are "
+                        f"{', '.join(sorted(TOP_KEYS))}")
     if not experiments_yaml.get("variants"):
         raise UserError(f"'{path}' defines no variants: add a 'variants:' mapping of name -> changed keys")
     base = {}
@@ -169,7 +170,8 @@ def markdown_table(rows: list[dict]) -> str:
     for r in rows:
         delta = "—" if r["delta"] is None else f"{r['delta']:+.4f}"
         lines.append(
-            f"| {r['run']} | {r['changes']} | {r['test_loss']:.4f} | {delta} | {r['val_loss']:.4f} | {r['elapsed_s']:.0f} |"
+            f"| {r['run']} | {r['changes']} | {r['test_loss']:.4f} | {delta} | {r['val_loss']:.4f} | "
+            f"{r['elapsed_s']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 

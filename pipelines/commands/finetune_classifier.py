@@ -2,17 +2,17 @@
 
 The recipe of the book's chapter 6 (Raschka, *Build a Large Language Model (From Scratch)*), on the shared core:
 
-1. read a labelled table (``pipelines.data.tables.read_labeled_table``), balance the classes by undersampling (default on),
-   cut a seeded 70/10/20 train/val/test split and save it in the run folder (``splits/*.jsonl``;
-   ``pipelines.classify_data``);
+1. read a labelled table (``pipelines.data.tables.read_labeled_table``), balance the classes by undersampling
+   (default on), cut a seeded 70/10/20 train/val/test split and save it in the run folder (``splits/*.jsonl``;
+   :func:`build_splits` below);
 2. load a causal-LM folder of ours (or a Hub id) into :class:`GPTScratchForSequenceClassification`: the transformer
    weights are kept, the vocabulary-sized LM head is dropped, and a fresh ``score`` head with one output per label
    (label names from the data, sorted; ``id2label``/``label2id`` in the config) is initialised;
 3. freeze everything except the chosen part (``--trainable``: ``last-block`` = last transformer block + final
    LayerNorm + head, the book's choice; ``last-two-blocks``; ``head``; ``all``, the default, chosen by measurement,
    see BENCHMARKS.md), or, with ``--lora-rank R``, freeze every base weight and train rank-R LoRA adapters on the
-   blocks' Linears plus the whole head (``pipelines.training.lora``, through PEFT; the run folder is then an adapter folder,
-   and ``--merge`` adds ``merged/``, a full classifier folder);
+   blocks' Linears plus the whole head (``pipelines.training.lora``, through PEFT; the run folder is then an adapter
+   folder, and ``--merge`` adds ``merged/``, a full classifier folder);
 4. tokenise each text (truncated to the context, with a count in the log), pad each batch to its own longest text
    (right padding; the model pools the last *real* token through the attention mask);
 5. train with the shared loop on cross-entropy, evaluating once per epoch (``--evals-per-epoch``, or
@@ -120,7 +120,8 @@ SPLIT_NAMES = ("train", "val", "test")
 
 
 def build_splits(cfg, log) -> dict[str, list[dict]]:
-    """``{"train", "val", "test"}`` lists of ``{"text", "label"}`` records from --data (and the optional split files)."""
+    """``{"train", "val", "test"}`` lists of ``{"text", "label"}`` records from --data (and the optional split
+    files)."""
     fractions = (cfg.train_fraction, cfg.val_fraction, cfg.test_fraction)
     if min(fractions) < 0 or cfg.train_fraction <= 0 or abs(sum(fractions) - 1) > 1e-6:
         raise UserError(
@@ -132,7 +133,8 @@ def build_splits(cfg, log) -> dict[str, list[dict]]:
     log(f"data: {len(records)} records from {cfg.data} ({_counts_text(counts)})")
     if cfg.balance:
         records = balance_undersample(records, seed=cfg.seed)
-        log(f"balanced by undersampling to {len(records)} records ({_counts_text(Counter(r['label'] for r in records))})")
+        counts = _counts_text(Counter(r["label"] for r in records))
+        log(f"balanced by undersampling to {len(records)} records ({counts})")
     separate = {"val": cfg.val_data, "test": cfg.test_data}
     keep = [f if separate.get(name) is None else 0.0 for name, f in zip(SPLIT_NAMES, fractions)]
     total = sum(keep)
@@ -379,7 +381,8 @@ def finetune(cfg: ClassifierSettings) -> int:
         else:
             for param in raw.parameters():
                 param.requires_grad = True
-            write_model_folder(out, raw, tokenizer, metrics=metrics, run_config=run_config, workflow="finetune-classifier")
+            write_model_folder(out, raw, tokenizer, metrics=metrics, run_config=run_config,
+                               workflow="finetune-classifier")
             log(f"run folder: {out} (pipeline('text-classification', model=folder, trust_remote_code=True))")
     accelerator.wait_for_everyone()
     return 0

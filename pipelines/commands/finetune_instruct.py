@@ -5,10 +5,10 @@
 
 1. read the records (JSON list, JSON Lines or a Hub dataset such as ``tatsu-lab/alpaca``) and cut them by seed into
    85 % train, 5 % validation and 10 % test; the three splits are saved in the run folder (``splits/*.json``);
-2. render each record in the Alpaca template (``pipelines.data.instructions.format_alpaca``) and tokenise it once, remembering
-   how many tokens belong to the prompt (instruction, input and the ``### Response:`` header);
-3. batch with the book's collate (``pipelines.data.collates.instruction_collate``): one end-of-text is appended so the model
-   learns to stop, padding targets after it are ignored, and with ``--mask-prompt`` the prompt's targets are
+2. render each record in the Alpaca template (``pipelines.data.instructions.format_alpaca``) and tokenise it once,
+   remembering how many tokens belong to the prompt (instruction, input and the ``### Response:`` header);
+3. batch with the book's collate (``pipelines.data.collates.instruction_collate``): one end-of-text is appended so the
+   model learns to stop, padding targets after it are ignored, and with ``--mask-prompt`` the prompt's targets are
    ignored too, so only the response is learned; sequences are cut to ``--max-length`` (default: the context);
 4. run the shared training loop (``pipelines.training.trainer.Trainer``) with the next-token loss of pretraining
    (``pipelines.training.losses.lm_loss``); at each evaluation (four per epoch) the validation loss is measured
@@ -22,9 +22,9 @@ The book's fine-tuning settings are the defaults: AdamW, learning rate 5e-5, wei
 of 8, a constant learning rate.
 
 With ``--lora-rank R`` every base weight is frozen and rank-R LoRA adapters on the blocks' Linears are trained instead
-(``pipelines.training.lora``, through PEFT; the language-model head stays tied to the frozen embeddings).  The run folder is
-then a PEFT adapter folder, which ``respond`` opens (base + adapter); ``--merge`` also writes ``merged/``, a full model
-folder for every other workflow.
+(``pipelines.training.lora``, through PEFT; the language-model head stays tied to the frozen embeddings). The run
+folder is then a PEFT adapter folder, which ``respond`` opens (base + adapter); ``--merge`` also writes ``merged/``, a
+full model folder for every other workflow.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ from ..training.losses import lm_loss
 from ..training.trainer import Trainer, make_accelerator, perplexity, plot_history
 
 
-def split_instructions(records: list[dict], seed: int, val_fraction=SPLIT_FRACTIONS[1], test_fraction=SPLIT_FRACTIONS[2]):
+def split_instructions(records: list[dict], seed: int, val_fraction=SPLIT_FRACTIONS[1],
+                       test_fraction=SPLIT_FRACTIONS[2]):
     """``{"train", "val", "test"}`` record lists, shuffled by ``seed`` (1100 records -> 935 / 55 / 110)."""
     if val_fraction <= 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
         raise UserError("val_fraction must be > 0, test_fraction >= 0, and together below 1")
@@ -182,7 +183,8 @@ def finetune(cfg: InstructSettings) -> int:
     splits = split_instructions(records, cfg.seed, cfg.val_fraction, cfg.test_fraction)
     model, tokenizer = open_model(cfg.model, cls=GPTScratchForCausalLM, device="cpu")
     if tokenizer.eos_token_id is None:
-        raise UserError(f"the tokenizer in {cfg.model} has no end-of-text (eos) token, which marks the end of an answer")
+        raise UserError(f"the tokenizer in {cfg.model} has no end-of-text (eos) token, which marks the end of an "
+                        "answer")
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     if lora.enabled(cfg):

@@ -40,10 +40,11 @@ DEFAULT_RECIPE = "tiny-cpu"  # configs/tiny-cpu.yaml: what `gpt-scratch pretrain
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--config", help=f"YAML config, or the name of a packaged recipe (default: {DEFAULT_RECIPE}; its "
-                        "values are the defaults shown below)")
+    parser.add_argument("--config", help=f"YAML config, or the name of a packaged recipe (default: {DEFAULT_RECIPE}; "
+                        "its values are the defaults shown below)")
     settings.add_arguments(parser, PretrainSettings, "pretraining settings (each is also a YAML key)",
-                           defaults=settings.load_yaml(DEFAULT_RECIPE), defaults_source=f"configs/{DEFAULT_RECIPE}.yaml")
+                           defaults=settings.load_yaml(DEFAULT_RECIPE),
+                           defaults_source=f"configs/{DEFAULT_RECIPE}.yaml")
 
 
 def resolve(args) -> PretrainSettings:

@@ -17,13 +17,13 @@ Steps, in this order, and nothing is sent before the last one:
 ``--dry-run`` does steps 1-5 and prints the files that would be sent with their sizes.  Step 5's scripts are at the
 end of this module; step 2 and step 6 (the Hub client) are in ``pipelines.hub``.
 
-A LoRA adapter folder (the ``--out`` of a fine-tune with ``--lora-rank``, see ``pipelines.training.lora``) is published as an
-adapter: ``adapter_config.json`` and ``adapter_model.safetensors`` with the tokenizer, cards, metrics and run config,
-and an adapter card (``library_name: peft``, ``base_model``) that names the base.  The copy that is sent must name the
-base by its Hub id: the one the adapter already names, or ``--base-model-id`` when it names a local folder (publish
-that base first); the uploaded ``adapter_config.json`` carries that id, the local one keeps its path.  Step 5 then
-loads the base folder through remote code, applies the adapter with ``PeftModel.from_pretrained`` and runs it.  The
-``merged/`` folder of ``--merge`` is a full model folder and is published like any other.
+A LoRA adapter folder (the ``--out`` of a fine-tune with ``--lora-rank``, see ``pipelines.training.lora``) is
+published as an adapter: ``adapter_config.json`` and ``adapter_model.safetensors`` with the tokenizer, cards, metrics
+and run config, and an adapter card (``library_name: peft``, ``base_model``) that names the base.  The copy that is
+sent must name the base by its Hub id: the one the adapter already names, or ``--base-model-id`` when it names a local
+folder (publish that base first); the uploaded ``adapter_config.json`` carries that id, the local one keeps its path.
+Step 5 then loads the base folder through remote code, applies the adapter with ``PeftModel.from_pretrained`` and runs
+it.  The ``merged/`` folder of ``--merge`` is a full model folder and is published like any other.
 """
 
 from __future__ import annotations

@@ -133,7 +133,8 @@ def jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UserError(
-                f"{path}: record index {index} (line {lineno}) is not valid JSON ({_json_msg(exc.msg)} at column {exc.colno}); "
+                f"{path}: record index {index} (line {lineno}) is not valid JSON ({_json_msg(exc.msg)} at column "
+                f"{exc.colno}); "
                 "each line must hold one JSON object"
             ) from None
         yield f"record index {index} (line {lineno})", record

@@ -45,8 +45,10 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 SAMPLE_TEXTS = (
     "Hello world! It's a test: don't, won't, we'll, they're, I've, I'm, he'd. IT'S LOUD'S 'S 'Re",
     "  leading spaces,\ttabs\t\tand\nnew\n\nlines\r\n  indented\n\t code();  \n   ",
-    "numbers 12345 3.14159 1,000,000 \u0663\u0664\u0665 \u096a\u096b\u096c \u00b2\u00b3 \u216b and symbols @#$%^&*()_+-=[]{}|;:,.<>/?~`",
-    "\u00dcn\u00efc\u00f6d\u00e9: na\u00efve caf\u00e9, \u041f\u0440\u0438\u0432\u0435\u0442, \u4f60\u597d\uff0c\u4e16\u754c\u3002 \U0001f642\U0001f44d\U0001f3fd e\u0301 \u00a0nbsp\u3000ideo",
+    "numbers 12345 3.14159 1,000,000 \u0663\u0664\u0665 \u096a\u096b\u096c \u00b2\u00b3 \u216b and symbols "
+    "@#$%^&*()_+-=[]{}|;:,.<>/?~`",
+    "\u00dcn\u00efc\u00f6d\u00e9: na\u00efve caf\u00e9, \u041f\u0440\u0438\u0432\u0435\u0442, "
+    "\u4f60\u597d\uff0c\u4e16\u754c\u3002 \U0001f642\U0001f44d\U0001f3fd e\u0301 \u00a0nbsp\u3000ideo",
     "",
     " ",
     "x" * 300 + " " + "ab" * 200 + " <|endoftext|> after",
@@ -457,8 +459,8 @@ class SlidingWindowDataset(torch.utils.data.Dataset):
     ``range(0, len(tokens) - max_length, stride)``; input ``tokens[s : s + max_length]``, labels
     ``tokens[s + 1 : s + max_length + 1]`` -- already the next-token targets (``pipelines.losses``' convention).
 
-    Items are ``{"input_ids", "shift_labels"}`` dicts of ``int64`` tensors.  With ``stride == max_length`` this is the "joined" layout:
-    the stream cut into consecutive non-overlapping windows.
+    Items are ``{"input_ids", "shift_labels"}`` dicts of ``int64`` tensors.  With ``stride == max_length`` this is the
+    "joined" layout: the stream cut into consecutive non-overlapping windows.
     """
 
     def __init__(self, tokens, max_length: int, stride: int):

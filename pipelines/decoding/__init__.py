@@ -1,1 +1,2 @@
-"""The one decoding engine (batched prefill, key/value buffer, sampler, stop strings, streaming) and the prompt frames around it."""
+"""The one decoding engine (batched prefill, key/value buffer, sampler, stop strings, streaming) and the prompt frames
+around it."""

@@ -499,20 +499,3 @@ def eos_token_ids(model, tokenizer) -> set[int]:
         elif isinstance(value, (list, tuple)):
             ids.update(v for v in value if isinstance(v, int))
     return ids
-
-
-__all__ = [
-    "Engine",
-    "Request",
-    "KVBuffer",
-    "sample_next_token",
-    "make_generator",
-    "IncrementalDecoder",
-    "StopStringFilter",
-    "WhitespaceTrimmer",
-    "decode_incrementally",
-    "cut_at_stop_strings",
-    "trim_whitespace",
-    "context_length",
-    "eos_token_ids",
-]

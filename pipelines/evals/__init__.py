@@ -1,1 +1,2 @@
-"""Evaluations: text loss and bits per byte, classifier metrics, HellaSwag, a FineWeb slice, lm-evaluation-harness, the LLM judge, and recording results in a run folder."""
+"""Evaluations: text loss and bits per byte, classifier metrics, HellaSwag, a FineWeb slice, lm-evaluation-harness,
+the LLM judge, and recording results in a run folder."""

@@ -258,6 +258,3 @@ def _gpt2_tokenizer_if_available(config: GPTScratchConfig):
         return AutoTokenizer.from_pretrained("openai-community/gpt2", local_files_only=True)
     except Exception:
         return None
-
-
-__all__ = ["convert_book", "map_book_state_dict", "load_config_spec"]

@@ -490,6 +490,3 @@ def verify(file: Path, planned: dict) -> None:
     del reader
     if arch is None or arch.contents() != ARCHITECTURE or found != planned:
         raise RuntimeError(f"GGUF export: {file} does not read back as written")  # the writer failed, not the user
-
-
-__all__ = ["OUTTYPES", "GGUFResult", "export_gguf", "gguf_tensor_name", "is_gpt2_byte_level", "map_tensors"]

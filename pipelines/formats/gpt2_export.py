@@ -430,6 +430,3 @@ def export_hf_gpt2(src, out_dir, overwrite: bool = False, fold_score_bias: bool 
         del model
         diff = check_export(tmp, architecture, ids, expected, tokenizer, source)
     return ExportResult(out=out, architecture=_TARGET_CLASS[architecture], max_abs_diff=diff, caveats=caveats)
-
-
-__all__ = ["ExportResult", "export_hf_gpt2", "map_to_hf_gpt2_state_dict", "score_bias_plan", "gpt2_config_from_ours"]

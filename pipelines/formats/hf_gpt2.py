@@ -20,7 +20,9 @@ from ..hub import model_folder
 from ..runs.tokenizers import TOKENIZER_FILES, open_tokenizer
 from .weights import build_model, check_out_dir, load_tensor_file, save_converted, strip_wrapper_prefixes
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
 
 
 # HF gpt2 name (after the "transformer." prefix) -> our name (after "transformer."); "transpose" marks Conv1D weights.

@@ -118,7 +118,9 @@ _SAFETENSORS_CUT = ("incomplete", "not fully covered", "invalid header", "header
 
 # what loading a damaged folder raises: OSError/ValueError from transformers, SafetensorError for a file cut short,
 # RuntimeError for tensors of the wrong shape, pickle errors for a damaged .bin
-LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, IndexError, EOFError, pickle.UnpicklingError, SafetensorError)
+LOAD_ERRORS = (
+    OSError, ValueError, RuntimeError, KeyError, IndexError, EOFError, pickle.UnpicklingError, SafetensorError
+)
 
 
 def is_adapter_folder(folder) -> bool:

@@ -119,6 +119,3 @@ class RunRecord:
 def as_run_record(value: RunRecord | dict) -> RunRecord:
     """``value`` as a record: a :class:`RunRecord` as it is, a mapping read as the file's content."""
     return value if isinstance(value, RunRecord) else RunRecord.from_dict(value)
-
-
-__all__ = ["RUN_RECORD_FILE", "RunRecord", "as_run_record", "model_architecture"]

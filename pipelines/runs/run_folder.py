@@ -549,10 +549,3 @@ def write_model_folder(
         out_dir, lambda staging: model.save_pretrained(staging, safe_serialization=True), tokenizer,
         metrics=metrics, run_config=run_config, workflow=workflow, samples=samples,
     )
-
-
-def read_metrics(folder: str | Path) -> dict:
-    path = Path(folder) / "metrics.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-

@@ -1,1 +1,2 @@
-"""``gpt-scratch serve``'s parts: the HTTP app and its model (``app``), the request schema and errors (``requests``), the batching worker (``batcher``)."""
+"""``gpt-scratch serve``'s parts: the HTTP app and its model (``app``), the request schema and errors (``requests``),
+the batching worker (``batcher``)."""

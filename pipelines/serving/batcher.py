@@ -160,6 +160,3 @@ class Batcher:
                 self.running = 0
             for job in jobs:
                 self._post(job, outcome)
-
-
-__all__ = ["Batcher", "Job"]

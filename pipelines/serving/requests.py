@@ -173,6 +173,3 @@ async def parse_body(request: Request, model: type[BaseModel]):
         return model.model_validate(data)
     except ValidationError as err:
         raise _validation_error(err) from None
-
-
-__all__ = ["APIError", "Sampling", "CompletionRequest", "ChatRequest", "Message", "parse_body"]

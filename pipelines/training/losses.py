@@ -9,12 +9,13 @@ classification loss.
 * on CPU, for our own causal LM, :class:`LinearCrossEntropy`: the head's product and the loss in one pass over
   chunks of rows, its gradients computed in the forward, so the full logits are never written (the bare demo-shape
   training step: 18,085 against 15,283 tok/s with the logits and :class:`ChunkedCrossEntropy`; ``BENCHMARKS.md``);
-* on CPU, for logits already computed (evaluation, other models), :class:`ChunkedCrossEntropy`, which never allocates a tensor the size of the logits except their gradient
-  (measured on 2048 x 50257 logits -- batch 8 x 256, GPT-2's vocabulary -- on a 2-core AMD EPYC: 310 ms for forward
-  and backward against 570 ms for ``F.cross_entropy``, whose log-probabilities, zero-filled gradient and log-softmax
-  gradient are three fresh 412 MB tensors, each paid again in page faults);
-* under CPU bf16 autocast (``pipelines.training.precision``), the same :class:`LinearCrossEntropy` with bf16 products and a
-  float32 softmax;
+* on CPU, for logits already computed (evaluation, other models), :class:`ChunkedCrossEntropy`, which never
+  allocates a tensor the size of the logits except their gradient (measured on 2048 x 50257 logits -- batch 8 x 256,
+  GPT-2's vocabulary -- on a 2-core AMD EPYC: 310 ms for forward and backward against 570 ms for ``F.cross_entropy``,
+  whose log-probabilities, zero-filled gradient and log-softmax gradient are three fresh 412 MB tensors, each paid
+  again in page faults);
+* under CPU bf16 autocast (``pipelines.training.precision``), the same :class:`LinearCrossEntropy` with bf16 products
+  and a float32 softmax;
 * on a GPU, or under ``torch.compile`` (which fuses it), ``F.cross_entropy``.
 
 Loss functions return ``(mean loss, count)``: the count (tokens scored, or examples) weighs the mean when the
@@ -251,7 +252,3 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors  # this function's own tensors: scaled in place, not copied
         return (None if grad_hidden is None else grad_hidden.mul_(grad),
                 None if grad_weight is None else grad_weight.mul_(grad), None, None, None, None)
-
-
-__all__ = ["IGNORE_INDEX", "token_cross_entropy", "lm_loss", "linear_cross_entropy", "classification_loss",
-           "ChunkedCrossEntropy", "LinearCrossEntropy"]

@@ -13,8 +13,8 @@ precision keeps float32 weights and optimizer state and computes the products in
 
 **How it runs.**  On a GPU, Accelerate autocasts (its forward wrapper, and its gradient scaler for fp16).  On a CPU,
 the Trainer autocasts the step itself (:func:`autocast`) and the model's forward stays its own, so that
-``pipelines.training.losses.lm_loss`` still fuses the head and the loss (``LinearCrossEntropy``, bf16 products with a float32
-softmax).  Under CPU bf16 the attention product runs in float32 (:func:`use_cpu_bf16_attention`, a function
+``pipelines.training.losses.lm_loss`` still fuses the head and the loss (``LinearCrossEntropy``, bf16 products with a
+float32 softmax).  Under CPU bf16 the attention product runs in float32 (:func:`use_cpu_bf16_attention`, a function
 registered with transformers' attention interface, set on the model for the run and taken off after it): the CPU
 flash-attention kernel's bf16 backward took 2.5x its float32 time (demo shape: 48.7 against 19.6 ms a step).
 """
@@ -119,7 +119,3 @@ def use_cpu_bf16_attention(model, resolved: str, device_type: str):
         yield
     finally:
         model.set_attn_implementation(before)
-
-
-__all__ = ["CHOICES", "CPU_BF16_ATTENTION", "cpu_has_native_bf16", "resolve", "accelerate_precision", "autocast",
-           "use_cpu_bf16_attention"]

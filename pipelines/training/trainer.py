@@ -4,7 +4,8 @@ What it does, in order, for each optimizer step:
 
 1. take ``gradient_accumulation_steps`` micro-batches from a deterministic batch plan (the order depends only on the
    seed and the step, so a resumed run sees exactly the batches an uninterrupted run would);
-2. forward under autocast (``pipelines.training.precision``), backward, with DDP gradient sync only on the last micro-batch;
+2. forward under autocast (``pipelines.training.precision``), backward, with DDP gradient sync only on the last
+micro-batch;
 3. stop with a clear message on a NaN/inf loss, before the optimizer touches the weights;
 4. clip the global gradient norm, set the learning rate (linear warmup, then cosine decay or constant), AdamW step;
 5. every ``log_every`` steps: loss, tokens/s and MFU to the progress report (a bar on a terminal, a line in a
@@ -20,11 +21,11 @@ passes), and the evaluation cadence (``eval_every`` steps, or ``evals_per_epoch`
 training set smaller than one batch.
 
 The loop knows nothing about a workflow's data format: a workflow hands it datasets, a collate function that makes
-dict batches, and a ``loss_fn(model, batch) -> (mean loss, count)`` (``pipelines.training.losses``): the count (tokens scored,
-or examples) weighs each batch's mean in evaluation (:meth:`Trainer.evaluate`, which takes any metric of that shape).
-Throughput (tokens/s, MFU, tokens seen) counts the tokens the model reads: a batch's ``attention_mask`` ones where it
-has one (a classifier's loss counts examples, an instruction loss with ``--mask-prompt`` only the response), else the
-loss's count (the tokens scored: every token of a pretraining window).
+dict batches, and a ``loss_fn(model, batch) -> (mean loss, count)`` (``pipelines.training.losses``): the count (tokens
+scored, or examples) weighs each batch's mean in evaluation (:meth:`Trainer.evaluate`, which takes any metric of that
+shape). Throughput (tokens/s, MFU, tokens seen) counts the tokens the model reads: a batch's ``attention_mask`` ones
+where it has one (a classifier's loss counts examples, an instruction loss with ``--mask-prompt`` only the response),
+else the loss's count (the tokens scored: every token of a pretraining window).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def compile_with_fallback(model, log: Callable[[str], None]):
 
 
 def learning_rate_at(step: int, cfg: TrainSettings, total_steps: int) -> float:
-    """Linear warmup to the peak, then constant or cosine decay to ``min_lr_ratio`` of it (Loshchilov & Hutter, 2017)."""
+    """Linear warmup to the peak, then constant or cosine decay to ``min_lr_ratio`` of it (Loshchilov & Hutter,
+    2017)."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
@@ -445,7 +447,8 @@ class Trainer:
         model = self.model
         model.train()
         batches = iter(self._loader(self.step * self.accum))
-        bar = Progress(self.total_steps, self.run_name, initial=self.step, every=cfg.log_every, disable=not self.is_main)
+        bar = Progress(self.total_steps, self.run_name, initial=self.step, every=cfg.log_every,
+                       disable=not self.is_main)
         window_tokens, window_start, window_loss, window_steps = 0, time.time(), 0.0, 0
         while self.step < self.total_steps:
             lr = learning_rate_at(self.step, cfg, self.total_steps)
@@ -566,6 +569,7 @@ class Trainer:
         self.log(" | ".join(parts))
         if self.accelerator.log_with:
             self.accelerator.log(
-                {k: v for k, v in point.items() if k.startswith("val") and isinstance(v, (int, float))}, step=point["step"]
+                {k: v for k, v in point.items() if k.startswith("val") and isinstance(v, (int, float))},
+                step=point["step"],
             )
 
