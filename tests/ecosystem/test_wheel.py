@@ -404,6 +404,14 @@ def test_pretrain_log_has_plain_lines(pretrain):
     )
 
 
+def test_pretrain_log_hides_the_tied_weight_note(pretrain, recipe):
+    """The recipe ties the head to the embedding and checkpoints at the end: Accelerate's note that it "removed shared
+    tensor lm_head.weight" while saving (harmless: re-tied on load) is not shown; nothing else is hidden."""
+    pretrain.require_success(brief=True)
+    expect(recipe["tie_word_embeddings"] and recipe["checkpoint_every"], "the recipe no longer ties or checkpoints")
+    expect("Removed shared tensor" not in pretrain.text(), "the log shows Accelerate's tied-weight note")
+
+
 def test_pretrain_log_shows_progress_and_summary(pretrain, recipe):
     """The log shows progress as plain lines -- one every ``log_every`` steps of the recipe and at the last step,
     each with the step out of the total, the loss, tokens per second and the time left -- then the summary of the

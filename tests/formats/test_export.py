@@ -66,6 +66,7 @@ def test_causal_lm_exports_to_plain_gpt2(tmp_path, tokenizer, variant):
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "gpt2" and "auto_map" not in config
     assert config["architectures"] == ["GPT2LMHeadModel"] and config["activation_function"] == "gelu_new"
+    assert config["n_ctx"] == config["n_positions"] == 64  # as OpenAI's config.json: llama.cpp's converter reads it
     assert config["tie_word_embeddings"] is variant["tie_word_embeddings"]
     assert ("lm_head.weight" in safetensors_keys(out)) is not variant["tie_word_embeddings"]
     assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "GPT2TokenizerFast"
