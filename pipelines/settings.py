@@ -241,7 +241,7 @@ def recipe(name: str) -> Path | None:
 
 def recipes() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in package_folder("pipelines.configs").iterdir()
-                  if p.name.endswith(".yaml") and not p.name.startswith("accelerate-"))
+                  if p.name.endswith(".yaml") and not p.name.startswith(("accelerate-", "experiments-")))
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -284,7 +284,7 @@ def _check_no_token(folder: Path, files: list[str], token: str | None) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# verification in a clean interpreter (the scripts: pipelines.publish_verify)
+# verification in a clean interpreter (the scripts: at the end of this module)
 # ------------------------------------------------------------------------------------------------------------------
 
 

@@ -35,8 +35,8 @@ def instruction_collate(
     (appended) sequence in the batch, inputs are ``seq[:-1]`` and targets ``seq[1:]``.  In the targets every padding
     position after the appended end-of-text becomes ``ignore_index`` (so the model learns to stop exactly once);
     with ``mask_prompt`` the targets that predict prompt tokens (the first ``prompt_len - 1``) do too.  Finally both
-    are cut to ``max_length``.  Returns ``{"input_ids": inputs, "shift_labels": targets}`` (``pipelines.losses``'
-    convention: targets already next-token aligned).
+    are cut to ``max_length``.  Returns ``{"input_ids": inputs, "shift_labels": targets}``
+    (``pipelines.training.losses``' convention: targets already next-token aligned).
     """
     width = max(len(item["input_ids"]) for item in batch) + 1
     inputs = torch.full((len(batch), width - 1), pad_id, dtype=torch.long)

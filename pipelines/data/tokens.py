@@ -457,7 +457,8 @@ def _too_short(n_tokens: int, needed: int, what: str) -> UserError:
 class SlidingWindowDataset(torch.utils.data.Dataset):
     """The book's sliding window: window ``i`` starts at ``i * stride`` for starts in
     ``range(0, len(tokens) - max_length, stride)``; input ``tokens[s : s + max_length]``, labels
-    ``tokens[s + 1 : s + max_length + 1]`` -- already the next-token targets (``pipelines.losses``' convention).
+    ``tokens[s + 1 : s + max_length + 1]`` -- already the next-token targets (``pipelines.training.losses``'
+    convention).
 
     Items are ``{"input_ids", "shift_labels"}`` dicts of ``int64`` tensors.  With ``stride == max_length`` this is the
     "joined" layout: the stream cut into consecutive non-overlapping windows.

@@ -4,7 +4,7 @@
   scores of ``finetune-classifier`` all predict through it);
 * :func:`accuracy_hook`: the ``on_eval`` hook of ``finetune-classifier``, adding training accuracy (on a fixed,
   seeded sample) and validation accuracy to each evaluation, through the Trainer's cross-rank
-  :meth:`~pipelines.train_loop.Trainer.evaluate` with :func:`correct_fraction` as the metric;
+  :meth:`~pipelines.training.trainer.Trainer.evaluate` with :func:`correct_fraction` as the metric;
 * :func:`classification_metrics` and :func:`score_splits`: accuracy, macro precision/recall/F1 and the confusion
   matrix.
 

@@ -414,7 +414,7 @@ def load_adapter(folder, kind: str, flag: str = "--model", merged: bool = True):
 
 def check_causal_lm_folder(folder: Path, need_tokenizer: bool = True, flag: str = "--model") -> dict:
     """The ``config.json`` of a gpt-scratch causal-LM folder (or a bare GPTScratchModel: the head is new anyway);
-    anything else is a one-line :class:`UserError` (kinds: ``pipelines.folders``)."""
+    anything else is a one-line :class:`UserError` (kinds: :class:`FolderKind`)."""
     check_model_folder(folder, need_tokenizer=need_tokenizer, flag=flag)
     config = read_config(folder, flag)
     kind = architecture_kind(config)

@@ -474,7 +474,7 @@ def _read_rng_state(accelerator, path: Path) -> dict:
 
 
 def save_run_config(out_dir: Path, record: RunRecord | dict) -> None:
-    """Write the run record (``run_config.yaml``, see :mod:`pipelines.run_record`) into ``out_dir`` atomically."""
+    """Write the run record (``run_config.yaml``, see :mod:`pipelines.runs.record`) into ``out_dir`` atomically."""
     atomic_write_text(Path(out_dir) / RUN_RECORD_FILE, as_run_record(record).to_yaml())
 
 

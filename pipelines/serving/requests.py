@@ -107,7 +107,7 @@ class CompletionRequest(Sampling):
 class Message(_Body):
     role: Literal[ROLES]
     content: Any = None
-    input: str | None = None  # the Alpaca template's optional input (see pipelines.prompts)
+    input: str | None = None  # the Alpaca template's optional input (see pipelines.data.instructions)
 
     @field_validator("content")
     @classmethod

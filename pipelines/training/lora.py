@@ -184,7 +184,7 @@ def write_adapter_folder(
 ) -> Path:
     """Write the adapter, tokenizer, metrics, config and cards into ``out_dir`` atomically (file by file).
 
-    The counterpart of :func:`pipelines.runfolder.write_model_folder` for a LoRA run; PEFT's own README stub is
+    The counterpart of :func:`pipelines.runs.run_folder.write_model_folder` for a LoRA run; PEFT's own README stub is
     replaced by the project's adapter card.
     """
     model = getattr(model, "module", model)

@@ -544,7 +544,7 @@ def test_save_pretrained_carries_the_code(tmp_path, head):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# LoRA adapter folders (pipelines.lora): published as adapters that name their base by Hub id
+# LoRA adapter folders (pipelines.training.lora): published as adapters that name their base by Hub id
 # ------------------------------------------------------------------------------------------------------------------
 
 # The adapter card's own usage snippet, in a clean interpreter that cannot import the installed model package.

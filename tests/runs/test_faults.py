@@ -2,7 +2,7 @@
 
 Every case asserts the exit code, the one-line message (no traceback) and the state of ``--out`` afterwards.  The
 kill -9 cases interrupt a tiny ``pretrain`` at exact moments through the test-only hook ``GPT_SCRATCH_FAULT``
-(``pipelines.train_loop.fault_point``) and resume it; each must end byte-identical to an uninterrupted run.
+(``pipelines.fs.fault_point``) and resume it; each must end byte-identical to an uninterrupted run.
 
 Cost: one tokenizer, a handful of tiny model folders built with ``save_pretrained``, one uninterrupted run and six
 killed runs in subprocesses (12 steps of a 2-layer, 32-wide model each); everything else runs in-process and fails

@@ -1,4 +1,4 @@
-"""LoRA through PEFT (``pipelines.lora``): parameter counts, adapter folders, merging, loading, conflicts.
+"""LoRA through PEFT (``pipelines.training.lora``): parameter counts, adapter folders, merging, loading, conflicts.
 
 Tiny models only: the classifier's base and data come from tests/commands/test_classify.py, the instruction tuner's from
 tests/commands/test_instruct.py (their fixtures are imported, so they are built once for this module).
